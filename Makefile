@@ -1,0 +1,31 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install system-deps demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Chromium (scraper and report tests) and PostgreSQL (shared Optuna studies) from Debian.
+system-deps:
+	bash .ci/system-deps.sh
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install system-deps
+	$(PY) -m pytest
+
+bench: install system-deps
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,27 @@
+"""``classify(cfg)``: ``{label: probability}`` for each image given on the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+from imgclf.predict import Predictor
+
+
+def image_paths(img: Any) -> list[str]:
+    if isinstance(img, (list, tuple, ListConfig)):
+        return [str(p) for p in img]
+    return [str(img)]
+
+
+def classify(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    paths = image_paths(cfg.img)
+    predictor = Predictor.from_file(cfg.ckpt_path, precision=cfg.precision)
+    results = dict(zip(paths, predictor.classify(paths)))
+    if len(paths) == 1:
+        print(json.dumps(results[paths[0]]))
+    else:
+        print(json.dumps(results, indent=2))
+    return results

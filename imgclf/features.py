@@ -1,0 +1,156 @@
+"""The feature cache: a frozen backbone's pooled features, computed once, reused by every trial.
+
+Training a head on a frozen backbone spends nearly all its time recomputing the same backbone
+features every epoch of every trial. Here they are computed once per (weights, image size,
+preprocessing, augmentation, views, dataset files) — ``views`` augmented views per training
+image, the plain view for validation — stored on disk under a hash of all of that, and the
+head trains from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
+
+from imgclf.data import ImageFolderDataModule
+from imgclf.hardware import autocast_dtype
+from imgclf.io import atomic_torch_save
+from imgclf.model import InceptionClassifier, cached_weights_path
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "imgclf.features/1"
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (weights files: the same bytes give the same features)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_source(model_cfg: Any) -> Path:
+    return Path(model_cfg.get("weights_path") or cached_weights_path())
+
+
+def cache_key(
+    weights_sha256: str,
+    datamodule: ImageFolderDataModule,
+    views: int,
+    backbone: str = "inception_v3",
+) -> str:
+    files = {
+        split: [[str(p), p.stat().st_size, p.stat().st_mtime_ns, target]
+                for p, target in datamodule.listings[split].samples(datamodule.classes)]
+        for split in ("train", "val")
+    }
+    description = {
+        "format": CACHE_FORMAT,
+        "backbone": backbone,
+        "weights": weights_sha256,
+        "preprocessing": datamodule.preprocessing,
+        "augment": datamodule.augment,
+        "augmentation": datamodule.augmentation if datamodule.augment else None,
+        "views": views if datamodule.augment else 1,
+        "classes": datamodule.classes,
+        "files": files,
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def _extract(model: InceptionClassifier, dataset: Dataset, batch_size: int, num_workers: int,
+             precision: str, progress: Progress, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = autocast_dtype(precision)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    task = progress.add_task(label, total=len(dataset))
+    features, targets = [], []
+    for images, target in loader:
+        images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            features.append(model.backbone(images).float().to(torch.float16))
+        targets.append(target)
+        progress.advance(task, len(target))
+    return torch.cat(features), torch.cat(targets)
+
+
+def compute_features(model: InceptionClassifier, datamodule: ImageFolderDataModule, views: int,
+                     precision: str) -> dict[str, torch.Tensor]:
+    """train: [N, views, D] (augmented views), val: [M, D] (plain view)."""
+    views = views if datamodule.augment else 1
+    model.eval().to(memory_format=torch.channels_last)
+    batch, workers = max(datamodule.batch_size, 32), datamodule.num_workers
+    train_set = datamodule.dataset("train", train=True)
+    with Progress() as progress:
+        train_views, train_targets = [], None
+        for view in range(views):
+            torch.manual_seed(view)  # the same views every time the cache is rebuilt
+            features, train_targets = _extract(model, train_set, batch, workers, precision, progress,
+                                               f"features: train view {view + 1}/{views}")
+            train_views.append(features)
+        val, val_targets = _extract(model, datamodule.dataset("val"), batch, workers, precision,
+                                    progress, "features: val")
+    return {"format": CACHE_FORMAT, "train": torch.stack(train_views, dim=1),
+            "train_targets": train_targets, "val": val, "val_targets": val_targets}
+
+
+def load_or_compute(model: InceptionClassifier, datamodule: ImageFolderDataModule, model_cfg: Any,
+                    cache_dir: str | os.PathLike, views: int, precision: str) -> dict[str, torch.Tensor]:
+    key = cache_key(file_fingerprint(weights_source(model_cfg)), datamodule, views)
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.get("format") == CACHE_FORMAT:
+                log.info("Reusing cached backbone features %s", path)
+                return cached
+        except Exception as exc:  # a damaged cache file is rebuilt, never trusted
+            log.warning("Ignoring unreadable feature cache %s (%s)", path, exc)
+    log.info("Computing backbone features once (cache %s)", path)
+    features = compute_features(model, datamodule, views, precision)
+    atomic_torch_save(features, path)
+    return features
+
+
+class FeatureDataset(Dataset):
+    """(features, target) pairs; for training, a random stored view of each image per epoch."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        self.features = features
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.features[index]
+        if item.dim() == 2:
+            item = item[torch.randint(len(item), ()).item()]
+        return item.float(), int(self.targets[index])
+
+
+class FeatureDataModule(pl.LightningDataModule):
+    def __init__(self, features: dict[str, torch.Tensor], batch_size: int) -> None:
+        super().__init__()
+        self.features = features
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = FeatureDataset(self.features["train"], self.features["train_targets"])
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = FeatureDataset(self.features["val"], self.features["val_targets"])
+        return DataLoader(dataset, batch_size=max(self.batch_size, 256))

@@ -1,0 +1,86 @@
+"""Every entry point's config composes, with the contract's keys and defaults."""
+
+from __future__ import annotations
+
+import pytest
+from imgclf.config import build
+from omegaconf import OmegaConf
+
+from conftest import compose
+
+CONTRACT_DEFAULTS = {
+    "data.root": "data/image_dataset",
+    "data.image_size": 299,
+    "data.batch_size": 20,
+    "data.augment": True,
+    "model.pretrained": True,
+    "model.head.hidden_size": 1024,
+    "model.head.num_layers": 1,
+    "model.head.dropout": 0.0,
+    "model.head.activation": "relu",
+    "model.optimizer.lr": 1e-4,
+    "model.fine_tune": False,
+    "model.class_weighting": False,
+    "trainer.max_epochs": 5,
+    "paths.model_dir": "data/trained_model",
+    "seed": 42,
+}
+
+
+def test_train_defaults_match_the_contract(tmp_path):
+    cfg = compose("train", output_dir=tmp_path)
+    for key, expected in CONTRACT_DEFAULTS.items():
+        assert OmegaConf.select(cfg, key) == expected, key
+    assert cfg.model.optimizer._partial_ is True
+    assert cfg.paths.output_dir == str(tmp_path)
+
+
+def test_contract_keys_accept_overrides(tmp_path):
+    overrides = [
+        "data.root=/x", "data.image_size=128", "data.batch_size=8", "data.augment=false",
+        "model.pretrained=false", "model.head.hidden_size=64", "model.head.num_layers=2",
+        "model.head.dropout=0.5", "model.head.activation=tanh", "model.optimizer.lr=0.01",
+        "model.fine_tune=true", "model.class_weighting=true", "trainer.max_epochs=2",
+        "paths.model_dir=/m", "seed=7",
+    ]
+    cfg = compose("train", overrides, output_dir=tmp_path)
+    for override in overrides:
+        key, value = override.split("=")
+        assert str(OmegaConf.select(cfg, key)).lower() == value.lower(), key
+
+
+@pytest.mark.parametrize("experiment", ["digits", "hockey"])
+def test_experiments_compose(tmp_path, experiment):
+    cfg = compose("train", [f"+experiment={experiment}"], output_dir=tmp_path)
+    assert cfg.data.root.startswith("data/")
+    assert cfg.paths.model_dir != "data/trained_model"
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp", "ddp_cpu"])
+def test_trainer_configs_compose(tmp_path, trainer):
+    cfg = compose("train", [f"trainer={trainer}"], output_dir=tmp_path)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    assert cfg.trainer.max_epochs == 5
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "many", "none"])
+def test_loggers_instantiate(tmp_path, logger):
+    cfg = compose("train", [f"logger={logger}"], output_dir=tmp_path)
+    loggers = [build(conf) for conf in cfg.logger.values()]
+    assert len(loggers) == {"csv": 1, "tensorboard": 1, "many": 2, "none": 0}[logger]
+
+
+def test_callbacks_instantiate(tmp_path):
+    cfg = compose("train", ["callbacks=early_stopping"], output_dir=tmp_path)
+    names = sorted(type(build(conf)).__name__ for conf in cfg.callbacks.values())
+    assert names == ["EarlyStopping", "LearningRateMonitor", "RichModelSummary", "RichProgressBar"]
+
+
+def test_eval_and_classify_compose(tmp_path):
+    cfg = compose("eval", ["split=val"], output_dir=tmp_path)
+    assert cfg.ckpt_path == "data/trained_model/model.ckpt"
+    assert cfg.report_dir == "data/trained_model/eval_val"
+    cfg = compose("classify", ["img=a.jpg", "paths.model_dir=/m"], output_dir=tmp_path)
+    assert cfg.ckpt_path == "/m/model.ckpt"
+    cfg = compose("classify", ["img=[a.jpg,b.jpg]"], output_dir=tmp_path)
+    assert list(cfg.img) == ["a.jpg", "b.jpg"]
