@@ -5,6 +5,7 @@ need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
+command -v openssl >/dev/null || need+=(openssl)  # the scraper tests' throwaway certificate
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

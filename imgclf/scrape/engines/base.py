@@ -1,0 +1,227 @@
+"""What every image search engine does, and the loop they share.
+
+An engine opens its result page in a browser tab, gets past any consent page, reads full-size
+image URLs from the page's data (``harvest``), and asks for more (``more``: scroll, "more
+results") until it has enough or the page stops growing. ``fallback`` is the slow path for when
+the data yields nothing. A page that refuses automated searches (CAPTCHA, "unusual traffic", HTTP
+429) raises :class:`BlockedError` at once: the caller backs off from that engine, never retries
+in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from playwright.async_api import BrowserContext, Page, Request
+from playwright.async_api import Error as PlaywrightError
+
+from imgclf.errors import ImgclfError
+
+_POLL_S = 0.2
+_QUIET_S = 0.5  # after a background request ends, time for the page to show its results
+_BACKGROUND = ("xhr", "fetch")
+
+
+class BlockedError(ImgclfError):
+    """The engine answered with a CAPTCHA, an "unusual traffic" page or HTTP 429."""
+
+
+class EngineError(ImgclfError):
+    """The engine's page could not be used (did not load, consent could not be given, ...)."""
+
+
+@dataclass(frozen=True)
+class ImageHit:
+    """A full-size image URL and, when the engine says, the page it appears on."""
+
+    url: str
+    page_url: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    max_scrolls: int = 15  # "more results" rounds per search
+    scroll_pause_s: float = 2.0  # how long to wait for a round to bring new results
+    stall_scrolls: int = 2  # rounds in a row without new results before giving up
+    page_timeout_s: float = 30.0  # navigation and click timeout
+    tile_wait_s: float = 2.0  # fallback: how long a clicked tile may take to show its image
+    tile_click_limit: int = 50  # fallback: most tiles clicked per search
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> SearchSettings:
+        names = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in dict(cfg).items() if key in names})
+
+
+def host_matches(host: str, domains: Iterable[str]) -> bool:
+    """Is ``host`` one of ``domains`` or a subdomain of one?"""
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
+def is_image_candidate(url: Any, ignore_domains: Iterable[str]) -> bool:
+    """An absolute http(s) URL on a host that is not the engine's own (thumbnails, assets)."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return False
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # e.g. a malformed IPv6 literal
+        return False
+    return bool(host) and not host_matches(host, ignore_domains)
+
+
+async def page_text_matches(page: Page, pattern: re.Pattern) -> bool:
+    """Does the visible text of the page match? (Visible text, so that scripts do not count.)"""
+    try:
+        text = await page.evaluate("() => document.body ? document.body.innerText : ''")
+    except PlaywrightError:  # a page navigating away has no body to read; nothing to match
+        return False
+    return bool(pattern.search(text))
+
+
+class _NetworkActivity:
+    """Background requests of a page, so a slow batch of results is waited for, not missed."""
+
+    def __init__(self, page: Page) -> None:
+        self.in_flight = 0
+        self.last_change = time.monotonic()
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _started(self, request: Request) -> None:
+        if request.resource_type in _BACKGROUND:
+            self.in_flight += 1
+            self.last_change = time.monotonic()
+
+    def _ended(self, request: Request) -> None:
+        if request.resource_type in _BACKGROUND:
+            self.in_flight = max(self.in_flight - 1, 0)
+            self.last_change = time.monotonic()
+
+    def waiter(self, pause_s: float) -> _Wait:
+        return _Wait(self, pause_s)
+
+
+class _Wait:
+    """Over after ``pause_s`` once the page's background requests have been quiet for a moment;
+    requests still running extend it up to three times ``pause_s`` (some pages poll forever)."""
+
+    def __init__(self, network: _NetworkActivity, pause_s: float) -> None:
+        now = time.monotonic()
+        self.network = network
+        self.soft_deadline = now + pause_s
+        self.hard_deadline = now + 3 * pause_s
+
+    def over(self) -> bool:
+        now = time.monotonic()
+        quiet = not self.network.in_flight and now - self.network.last_change >= _QUIET_S
+        return now >= self.hard_deadline or (now >= self.soft_deadline and quiet)
+
+
+class SearchEngine(ABC):
+    """One image search engine, driven through a Playwright browser context."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: SearchSettings, base_url: str, **options: Any) -> None:
+        self.settings = settings
+        self.base_url = base_url.rstrip("/")
+        self.options = options
+
+    async def search(
+        self,
+        context: BrowserContext,
+        query: str,
+        want: int,
+        skip: Callable[[str], bool] = lambda url: False,
+        on_found: Callable[[int], None] = lambda count: None,
+    ) -> list[ImageHit]:
+        """At least ``want`` new hits if the engine has them (fewer if not), in page order.
+
+        ``skip(url)`` marks URLs the caller already has; they do not count towards ``want``.
+        """
+        page = await context.new_page()
+        page.set_default_timeout(self.settings.page_timeout_s * 1000)
+        try:
+            await self.open(page, query)
+            hits = await self._gather(page, want, skip, on_found)
+            if not hits:
+                hits = [hit for hit in await self.fallback(page, want) if not skip(hit.url)]
+                on_found(len(hits))
+            return hits
+        finally:
+            await page.close()
+
+    async def _gather(self, page: Page, want: int, skip, on_found) -> list[ImageHit]:
+        found: dict[str, ImageHit] = {}
+
+        async def absorb() -> int:
+            for hit in await self.harvest(page):
+                if hit.url not in found and not skip(hit.url):
+                    found[hit.url] = hit
+            return len(found)
+
+        on_found(await absorb())
+        network = _NetworkActivity(page)
+        rounds = stalls = 0
+        while len(found) < want and rounds < self.settings.max_scrolls:
+            before = len(found)
+            await self.more(page)
+            rounds += 1
+            wait = network.waiter(self.settings.scroll_pause_s)
+            while await absorb() == before and not wait.over():
+                await asyncio.sleep(_POLL_S)
+            on_found(len(found))
+            stalls = 0 if len(found) > before else stalls + 1
+            if stalls >= self.settings.stall_scrolls:
+                break
+        return list(found.values())
+
+    @abstractmethod
+    async def open(self, page: Page, query: str) -> None:
+        """Load the first result page for ``query``; raise BlockedError / EngineError."""
+
+    @abstractmethod
+    async def harvest(self, page: Page) -> list[ImageHit]:
+        """Every full-size image the page's data names so far."""
+
+    @abstractmethod
+    async def more(self, page: Page) -> None:
+        """Ask the page for more results (scroll, press "more results")."""
+
+    async def fallback(self, page: Page, want: int) -> list[ImageHit]:
+        """Slow path when the data named no image; engines without one find nothing."""
+        return []
+
+
+def first_line(exc: Exception) -> str:
+    """Playwright errors carry a call log after the first line; users need only the first."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def scroll_to_bottom(page: Page) -> None:
+    await page.evaluate(
+        "() => window.scrollTo(0, Math.max(document.body.scrollHeight,"
+        " document.documentElement.scrollHeight))"
+    )
+
+
+async def click_if_visible(page: Page, locator_factory: Callable[[], Any]) -> bool:
+    """Click the first match of a locator if one is visible right now; never wait for one."""
+    locator = locator_factory().first
+    try:
+        if await locator.count() and await locator.is_visible():
+            await locator.click()
+            return True
+    except PlaywrightError:  # the page changed under us (navigation, re-render): not clicked
+        return False
+    return False

@@ -1,0 +1,136 @@
+"""Hashes, the near-duplicate index, the manifest and the dataset store, without a browser."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+
+from PIL import Image
+from scrape_fixture.images import encode, picture
+
+from imgclf.hashing import (
+    NearDuplicateIndex,
+    hamming,
+    hash_to_hex,
+    hex_to_hash,
+    perceptual_hash,
+    sha256_bytes,
+    sha256_file,
+)
+from imgclf.scrape.downloader import DownloadSettings, prepare
+from imgclf.scrape.manifest import append_row, read_manifest
+from imgclf.scrape.store import DatasetStore, Origin
+
+
+def test_sha256_helpers(tmp_path):
+    data = b"imgclf" * 1000
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_bytes(data) == hashlib.sha256(data).hexdigest() == sha256_file(tmp_path / "f")
+
+
+def test_perceptual_hash_is_near_for_copies_and_far_for_different_pictures():
+    original = picture(1, (200, 150))
+    copy = Image.open(io.BytesIO(encode(original.resize((150, 112)), quality=60)))
+    h = perceptual_hash(original)
+    assert 0 <= h < 2**64
+    assert hamming(h, perceptual_hash(copy)) <= 6
+    others = [perceptual_hash(picture(seed)) for seed in range(2, 40)]
+    assert min(hamming(h, other) for other in others) > 10
+    assert hex_to_hash(hash_to_hex(h)) == h and len(hash_to_hex(5)) == 16
+
+
+def test_near_duplicate_index_finds_exactly_what_brute_force_finds():
+    rng = random.Random(7)
+    stored = [rng.getrandbits(64) for _ in range(2000)]
+    # Plant near neighbours so that small radii have answers.
+    stored += [h ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for h in stored[:200]]
+    index: NearDuplicateIndex[int] = NearDuplicateIndex()
+    for key, value in enumerate(stored):
+        index.add(key, value)
+    assert len(index) == len(stored)
+    for query in stored[:50] + [rng.getrandbits(64) for _ in range(50)]:
+        for radius in (0, 3, 8):
+            expected = sorted(
+                (k, hamming(query, v)) for k, v in enumerate(stored) if hamming(query, v) <= radius
+            )
+            found = index.find(query, radius)
+            assert sorted(found) == expected
+            assert [d for _, d in found] == sorted(d for _, d in found)
+
+
+def test_near_duplicate_index_keeps_keys_with_equal_hashes():
+    index: NearDuplicateIndex[str] = NearDuplicateIndex()
+    assert index.find(0, 5) == [] and index.nearest(0, 5) is None
+    index.add("a", 0b1010)
+    index.add("b", 0b1010)
+    index.add("c", 0b1011)
+    assert index.find(0b1010, 0) == [("a", 0), ("b", 0)]
+    assert index.nearest(0b0011, 2) == ("c", 1)
+
+
+def test_manifest_drops_a_torn_last_row_and_appends_on_a_fresh_line(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    append_row(path, {"path": "train/a/a_1.jpg", "sha256": "x"})
+    with open(path, "a") as handle:
+        handle.write('{"path": "train/a/a_2.jpg", "sha2')  # a kill in the middle of a write
+    torn = path.read_bytes()
+    assert [row["path"] for row in read_manifest(path)] == ["train/a/a_1.jpg"]
+    assert path.read_bytes() == torn  # reading alone changes nothing
+    assert [row["path"] for row in read_manifest(path, repair=True)] == ["train/a/a_1.jpg"]
+    append_row(path, {"path": "train/a/a_3.jpg"})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["path"] for line in lines] == ["train/a/a_1.jpg", "train/a/a_3.jpg"]
+
+
+def _origin(url: str) -> Origin:
+    return Origin("cat", "google", url, url, None)
+
+
+def test_store_counts_disk_numbers_past_history_and_indexes_hand_added_images(tmp_path):
+    settings = DownloadSettings()
+    store = DatasetStore(tmp_path, near_duplicate_distance=6)
+    first = store.save("train", "cats", prepare(encode(picture(1)), settings), _origin("u1"))
+    second = store.save("train", "cats", prepare(encode(picture(2)), settings), _origin("u2"))
+    assert [first.name, second.name] == ["cats_1.jpg", "cats_2.jpg"]
+    second.unlink()  # the user weeds out an image after review
+    picture(3).save(tmp_path / "train" / "cats" / "mine.png")  # and adds one of their own
+    (tmp_path / "train" / "cats" / "notes.txt").write_text("not an image")
+
+    store = DatasetStore(tmp_path, near_duplicate_distance=6)
+    assert store.count("train", "cats") == 2  # cats_1.jpg and mine.png
+    assert store.knows_url("u2")  # history: the deleted image's URL is not fetched again
+    deleted_again = prepare(encode(picture(2), quality=80), settings)
+    assert store.duplicate_of(deleted_again)[0] == "duplicate_near"
+    hand_added = prepare(encode(picture(3)), settings)
+    assert store.duplicate_of(hand_added) == ("duplicate_near", "train/cats/mine.png")
+    third = store.save("val", "cats", prepare(encode(picture(4)), settings), _origin("u4"))
+    again = store.save("train", "cats", prepare(encode(picture(5)), settings), _origin("u5"))
+    assert (third.name, again.name) == ("cats_1.jpg", "cats_3.jpg")  # never reuses cats_2
+
+
+def test_store_exact_duplicate_across_splits_and_distance_zero(tmp_path):
+    settings = DownloadSettings()
+    store = DatasetStore(tmp_path, near_duplicate_distance=0)
+    data = encode(picture(1))
+    store.save("train", "cats", prepare(data, settings), _origin("u1"))
+    exact = prepare(data, settings)
+    assert store.duplicate_of(exact) == ("duplicate_exact", "train/cats/cats_1.jpg")
+    near = prepare(encode(picture(1), quality=50), settings)
+    assert store.duplicate_of(near) is None  # distance 0: only exact copies are refused
+
+
+def test_clear_removes_only_that_folders_images_and_rows(tmp_path):
+    settings = DownloadSettings()
+    store = DatasetStore(tmp_path, near_duplicate_distance=6)
+    store.save("train", "cats", prepare(encode(picture(1)), settings), _origin("u1"))
+    store.save("train", "dogs", prepare(encode(picture(2)), settings), _origin("u2"))
+    (tmp_path / "train" / "cats" / "notes.txt").write_text("kept")
+    assert store.clear("train", "cats") == 1
+    assert sorted(p.name for p in (tmp_path / "train" / "cats").iterdir()) == ["notes.txt"]
+    assert (tmp_path / "train" / "dogs" / "dogs_1.jpg").exists()
+    assert [row["path"] for row in read_manifest(tmp_path / "manifest.jsonl")] == [
+        "train/dogs/dogs_1.jpg"
+    ]
+    assert not store.knows_url("u1") and store.knows_url("u2")
