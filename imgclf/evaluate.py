@@ -9,8 +9,9 @@ top_losses.png.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,11 @@ from imgclf.predict import Predictor
 log = logging.getLogger(__name__)
 
 
-def split_samples(predictor: Predictor, root: str | Path, split: str) -> list[tuple[Path, int]]:
-    """The split's images labelled with the *model's* class indices; fails on classes that differ."""
+def split_samples(predictor: Predictor, root: str | Path, split: str) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """The split's images labelled with the *model's* class indices, and the files skipped as unreadable.
+
+    Fails, naming both sides, when the folder's classes and the model's do not fit.
+    """
     listing = list_split(root, split)
     unknown = sorted(set(listing.classes) - set(predictor.classes))
     if unknown:
@@ -47,7 +51,7 @@ def split_samples(predictor: Predictor, root: str | Path, split: str) -> list[tu
     absent = sorted(set(predictor.classes) - set(listing.classes))
     if absent:
         log.warning("%s has no images of %s: their recall is not measured", listing.directory, ", ".join(absent))
-    return listing.samples(predictor.classes)
+    return listing.samples(predictor.classes), listing.skipped.get("unreadable", [])
 
 
 class EvalImages(Dataset):
@@ -114,7 +118,7 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, class
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     return {
         "accuracy": float((predictions == targets).mean()),
-        "num_images": int(len(targets)),
+        "num_images": len(targets),
         "classes": list(classes),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]),
@@ -168,13 +172,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in ("train", "val", "test"):
         raise ImgclfError(f"split={split!r}; use train, val or test")
     predictor = Predictor.from_file(cfg.ckpt_path, precision=cfg.precision)
-    samples = split_samples(predictor, cfg.data.root, split)
+    samples, unreadable = split_samples(predictor, cfg.data.root, split)
     dataset = EvalImages(samples, predictor.transform, predictor.preprocessing["crop"])
     probabilities, targets, indices = predict_split(predictor, dataset, cfg.batch_size, cfg.num_workers)
     classes = predictor.classes
     metrics = classification_metrics(probabilities, targets, classes)
+    decoded = set(indices.tolist())
+    left_out = unreadable + [path for i, (path, _) in enumerate(samples) if i not in decoded]
     metrics.update({"split": split, "model": str(cfg.ckpt_path), "data_root": str(cfg.data.root),
-                    "left_out_undecodable": len(samples) - len(indices)})
+                    "left_out": [str(path) for path in left_out]})
     metrics["most_confused"] = report.most_confused_pairs(metrics["confusion_matrix"], classes, cfg.most_confused)
     metrics["calibration"] = report.calibration(probabilities, targets, cfg.calibration_bins)
     paths = [samples[i][0] for i in indices]
@@ -186,6 +192,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     report_dir = Path(cfg.report_dir)
     write_report(metrics, top, classes, report_dir)
     print(f"accuracy: {metrics['accuracy']:.4f}")
+    if left_out:
+        print(f"left out {len(left_out)} unreadable image(s), listed in metrics.json")
     if cfg.tta:
         print(f"tta accuracy: {metrics['tta_accuracy']:.4f} (ten crops and mirrors averaged)")
     print(f"expected calibration error: {metrics['calibration']['ece']:.4f}")
