@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import socket
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,22 @@ def storage_url(storage: Any) -> Any:
     return storage
 
 
+def open_study(name: str | None, storage: Any, directions: list[str], attempts: int = 5) -> optuna.Study:
+    """Create or load the study. Processes starting together on a new database race to create
+    its tables; the loser retries and finds them made."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.create_study(study_name=name, storage=storage_url(storage),
+                                       directions=directions, load_if_exists=True)
+        except SQLAlchemyError as exc:
+            if attempt == attempts:
+                raise ImgclfError(f"cannot open the study in {storage}: {exc}") from None
+            log.info("Storage busy (%s); retrying", type(exc).__name__)
+            time.sleep(0.5 + random.random())
+
+
 class ResumableSweep(OptunaSweeperImpl):
     def __init__(self, sampler_config: DictConfig, **kwargs: Any) -> None:
         super().__init__(sampler=None, **kwargs)
@@ -115,8 +133,7 @@ class ResumableSweep(OptunaSweeperImpl):
         for name in fixed:
             distributions.pop(name, None)
         directions = self._get_directions()
-        study = optuna.create_study(study_name=self.study_name, storage=storage_url(self.storage),
-                                    directions=directions, load_if_exists=True)
+        study = open_study(self.study_name, self.storage, directions)
         study.sampler = self._sampler(offset=len(study.trials))
         orphaned = fail_orphaned_trials(study)
         counts = trial_counts(study)
@@ -172,7 +189,10 @@ class ResumableSweep(OptunaSweeperImpl):
             metric=str(self.config.get("optimized_metric", "value")), value=float(best.value),
             trial=best.number, study=study.study_name, storage=str(self.storage),
             n_trials=len(study.trials))
-        print(f"Best {self.config.get('optimized_metric', 'value')} {best.value:.4f} (trial {best.number}); "
+        counts = trial_counts(study)
+        print(f"Study {study.study_name!r} now holds {len(study.trials)} trials "
+              f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.FAIL]} failed). "
+              f"Best {self.config.get('optimized_metric', 'value')} {best.value:.4f} (trial {best.number}); "
               f"parameters written to {path}")
         OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": params, "best_value": best.value}),
                        Path(self.sweep_dir) / "optimization_results.yaml")

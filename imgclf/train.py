@@ -192,7 +192,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fine_tune = pretrained and bool(cfg.model.fine_tune)
     loggers = build_all(cfg.get("logger"), "logger")
     checkpoint_dir = Path(cfg.paths.checkpoint_dir)
-    use_cache = pretrained and cfg.features.cache and int(cfg.trainer.get("devices", 1)) == 1
+    # The cache is built by one process; DDP runs extract features on every rank instead.
+    single_process = str(cfg.trainer.get("devices", 1)) == "1" and int(cfg.trainer.get("num_nodes", 1)) == 1
+    use_cache = pretrained and cfg.features.cache and single_process
     fit = fit_with_feature_cache if use_cache else fit_on_images
     best = fit(cfg, module, datamodule, loggers, checkpoint_dir, epochs, fine_tune)
     if best is None:  # another DDP rank, or fast_dev_run

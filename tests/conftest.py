@@ -93,3 +93,26 @@ def tiny_model(tmp_path_factory, small_digits_root) -> Path:
     """A real model.ckpt trained briefly on ``small_digits_root`` (classes 0, 1, 7)."""
     model_dir = tmp_path_factory.mktemp("tiny_model")
     return train_model(small_digits_root, model_dir, ["trainer.max_epochs=2"])
+
+
+def run_script(script: str, *overrides: str, timeout: int = 900, env: dict | None = None):
+    """Run ``scripts/<script>.py`` as a user would, from the repo root."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, f"scripts/{script}.py", *overrides],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory, digits_root):
+    """``scripts/train.py +experiment=digits`` on all ten classes: (model dir, the finished process)."""
+    model_dir = tmp_path_factory.mktemp("digits_model")
+    result = run_script("train", "+experiment=digits", f"data.root={digits_root}",
+                        f"paths.model_dir={model_dir}", "trainer.max_epochs=4",
+                        f"paths.log_dir={model_dir / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result

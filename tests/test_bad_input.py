@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_TRAIN, compose
+from conftest import FAST_TRAIN, compose, run_script
 from imgclf.errors import ImgclfError
 from imgclf.train import train
-from test_train import run_script
+
 
 
 def copy_dataset(source: Path, target: Path) -> Path:

@@ -7,16 +7,13 @@ import json
 import pytest
 import torch
 
-from test_train import run_script
+from conftest import run_script
 
 
 @pytest.mark.slow
-def test_digits_train_eval_classify(tmp_path, digits_root):
-    model_dir = tmp_path / "model"
+def test_digits_train_eval_classify(tmp_path, digits_root, digits_model):
+    model_dir, train = digits_model
     logs = f"paths.log_dir={tmp_path / 'logs'}"
-    train = run_script("train", "+experiment=digits", f"data.root={digits_root}",
-                       f"paths.model_dir={model_dir}", "trainer.max_epochs=4", logs)
-    assert train.returncode == 0, train.stderr[-3000:]
     assert "train accuracy: " in train.stdout and "val accuracy: " in train.stdout
     record = torch.load(model_dir / "model.ckpt", weights_only=True)
     assert record["classes"] == [str(d) for d in range(10)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,20 +12,12 @@ import pytest
 import torch
 from torchvision.models import inception_v3
 
-from conftest import FAST_TRAIN, REPO_ROOT, compose, train_model
+from conftest import FAST_TRAIN, REPO_ROOT, compose, run_script, train_model
 from imgclf.checkpoint import FORMAT, load_model
 from imgclf.errors import ImgclfError
 from imgclf.model import build_classifier, cached_weights_path, preprocessing_for
 from imgclf.module import inverse_frequency_weights
 from imgclf.train import train
-
-
-def run_script(script: str, *overrides: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, f"scripts/{script}.py", *overrides],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def save_imagenet_like_state_dict(path: Path) -> dict[str, torch.Tensor]:
