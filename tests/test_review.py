@@ -130,23 +130,6 @@ def test_dataset_notes_name_imbalance_small_and_missing_classes():
                       "the small classes or model.class_weighting=true")]
 
 
-def test_band_index_finds_exactly_what_brute_force_finds():
-    from imgclf.hashing import hamming
-    from imgclf.review.duplicates import BandIndex
-
-    rng = random.Random(1)
-    for radius in (0, 1, 4, 8, 10):
-        base = [rng.getrandbits(64) for _ in range(200)]
-        values = base + [v ^ sum(1 << rng.randrange(64) for _ in range(rng.randrange(radius + 2)))
-                         for v in base]
-        index = BandIndex(radius)
-        for key, value in enumerate(values):
-            index.add(key, value)
-        for query in values[:60] + [rng.getrandbits(64)]:
-            expected = sorted((k, hamming(query, v)) for k, v in enumerate(values) if hamming(query, v) <= radius)
-            assert sorted(index.find(query)) == expected
-
-
 def test_report_renders_in_chromium(planted, chromium_path, tmp_path):
     _, expected, result = planted
     page_path = Path(result["report"])

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO_ROOT
 from PIL import Image
 from scrape_fixture import GoogleQuery
@@ -263,6 +265,20 @@ def test_script_reports_bad_input_without_traceback(web, chromium_path, tmp_path
                             check=False)
     assert result.returncode == 2
     assert "searchterms.csv line 3: folder_name '../dogs'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("download.near_duplicate_distance=-1", "download.near_duplicate_distance=-1: use 0"),
+    ("download.concurrency=0", "download.concurrency must be positive"),
+])
+def test_bad_download_settings_fail_before_any_browser(web, chromium_path, tmp_path, setting, message):
+    csv = write_csv(tmp_path, "cats,5,cats,train\n")
+    result = subprocess.run(_script(web, chromium_path, csv, tmp_path / "ds", tmp_path, setting),
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "ds").exists()
 

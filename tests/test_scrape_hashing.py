@@ -7,6 +7,7 @@ import io
 import json
 import random
 
+import pytest
 from PIL import Image
 from scrape_fixture.images import encode, picture
 
@@ -41,33 +42,41 @@ def test_perceptual_hash_is_near_for_copies_and_far_for_different_pictures():
     assert hex_to_hash(hash_to_hex(h)) == h and len(hash_to_hex(5)) == 16
 
 
-def test_near_duplicate_index_finds_exactly_what_brute_force_finds():
-    rng = random.Random(7)
-    stored = [rng.getrandbits(64) for _ in range(2000)]
-    # Plant near neighbours so that small radii have answers.
-    stored += [h ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for h in stored[:200]]
-    index: NearDuplicateIndex[int] = NearDuplicateIndex()
+@pytest.mark.parametrize("radius", [0, 1, 3, 4, 8, 10, 20])
+def test_near_duplicate_index_finds_exactly_what_brute_force_finds(radius):
+    rng = random.Random(radius)
+    stored = [rng.getrandbits(64) for _ in range(1000)]
+    # Plant neighbours from 0 to radius + 1 bits away, so that answers sit on both sides of the edge.
+    stored += [
+        h ^ sum(1 << bit for bit in rng.sample(range(64), rng.randrange(radius + 2)))
+        for h in stored[:300]
+    ]
+    index: NearDuplicateIndex[int] = NearDuplicateIndex(radius)
     for key, value in enumerate(stored):
         index.add(key, value)
     assert len(index) == len(stored)
-    for query in stored[:50] + [rng.getrandbits(64) for _ in range(50)]:
-        for radius in (0, 3, 8):
-            expected = sorted(
-                (k, hamming(query, v)) for k, v in enumerate(stored) if hamming(query, v) <= radius
-            )
-            found = index.find(query, radius)
-            assert sorted(found) == expected
-            assert [d for _, d in found] == sorted(d for _, d in found)
+    for query in stored[:40] + stored[-40:] + [rng.getrandbits(64) for _ in range(20)]:
+        expected = sorted(
+            (hamming(query, v), k) for k, v in enumerate(stored) if hamming(query, v) <= radius
+        )
+        found = index.find(query)
+        assert found == [(k, d) for d, k in expected]  # nearest first, then in the order added
+        assert index.nearest(query) == (found[0] if found else None)
 
 
 def test_near_duplicate_index_keeps_keys_with_equal_hashes():
-    index: NearDuplicateIndex[str] = NearDuplicateIndex()
-    assert index.find(0, 5) == [] and index.nearest(0, 5) is None
+    index: NearDuplicateIndex[str] = NearDuplicateIndex(2)
+    assert index.find(0) == [] and index.nearest(0) is None
     index.add("a", 0b1010)
     index.add("b", 0b1010)
     index.add("c", 0b1011)
-    assert index.find(0b1010, 0) == [("a", 0), ("b", 0)]
-    assert index.nearest(0b0011, 2) == ("c", 1)
+    assert index.find(0b1010) == [("a", 0), ("b", 0), ("c", 1)]
+    assert index.nearest(0b0011) == ("c", 1)
+    exact: NearDuplicateIndex[str] = NearDuplicateIndex(0)
+    exact.add("a", 0b1010)
+    assert exact.find(0b1010) == [("a", 0)] and exact.find(0b1011) == []
+    with pytest.raises(ValueError, match="max_distance"):
+        NearDuplicateIndex(-1)
 
 
 def test_manifest_drops_a_torn_last_row_and_appends_on_a_fresh_line(tmp_path):

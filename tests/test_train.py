@@ -81,11 +81,11 @@ def test_bad_weights_file(tmp_path):
 
 
 def test_missing_weights_fail_fast_with_a_fix(tmp_path, small_digits_root):
-    started = time.monotonic()
     result = run_script("train", f"data.root={small_digits_root}", f"paths.model_dir={tmp_path}",
                         "model.allow_download=false", env={"TORCH_HOME": str(tmp_path / "empty")})
     assert result.returncode == 2
-    assert time.monotonic() - started < 60
+    # it stops before reading any data or building the network
+    assert "Instantiating datamodule" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "model.pretrained=false" in result.stderr and "TORCH_HOME" in result.stderr
     assert "model.weights_path" in result.stderr

@@ -1,75 +1,22 @@
 """Exact and near duplicates, within a class, across classes and across splits.
 
 Exact: same file bytes or same decoded pixels. Near: perceptual hashes within a few bits, found
-through :class:`BandIndex` (never by comparing all pairs) and confirmed by a 16x16 grey
-fingerprint, because a 64-bit pHash alone calls different low-detail pictures (digits, logos,
-products on white) the same. Duplicates are joined into groups; each group
+through :class:`imgclf.hashing.NearDuplicateIndex` (never by comparing all pairs) and confirmed
+by a 16x16 grey fingerprint, because a 64-bit pHash alone calls different low-detail pictures
+(digits, logos, products on white) the same. Duplicates are joined into groups; each group
 keeps one image and flags the rest, so quarantining the flags leaves one copy of each picture.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable
-from itertools import combinations, pairwise
-from typing import Generic, TypeVar
 
 import numpy as np
 
 from imgclf.data import SPLITS
-from imgclf.hashing import hamming
+from imgclf.hashing import NearDuplicateIndex, hamming
 from imgclf.review.findings import Flag
 from imgclf.review.scan import ScannedImage
-
-Key = TypeVar("Key", bound=Hashable)
-HASH_BITS = 64
-
-
-class BandIndex(Generic[Key]):
-    """64-bit hashes searchable within ``max_distance`` bits, in time that grows with the matches.
-
-    Pigeonhole: cut the hash into ``m = max_distance // 2 + 1`` bands; two hashes within
-    ``max_distance`` bits agree on some band up to ``max_distance // m`` bits (one bit for the
-    usual radii). A look-up probes each band's bucket for its value and its one-bit variants
-    (about 70 dictionary look-ups at radius 8) and checks only what it finds. A BK-tree
-    (:class:`imgclf.hashing.NearDuplicateIndex`) must visit about a quarter of its nodes at radius
-    8 on 64 bits, which made the review quadratic.
-    """
-
-    def __init__(self, max_distance: int) -> None:
-        self.max_distance = max_distance
-        count = max_distance // 2 + 1
-        edges = [round(i * HASH_BITS / count) for i in range(count + 1)]
-        self._bands = [(low, (1 << (high - low)) - 1) for low, high in pairwise(edges)]
-        tolerance = max_distance // count
-        self._probes = [
-            [sum(1 << bit for bit in flipped) for n in range(tolerance + 1)
-             for flipped in combinations(range(mask.bit_length()), n)]
-            for _, mask in self._bands
-        ]
-        self._buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
-        self._keys: list[Key] = []
-        self._values: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def add(self, key: Key, value: int) -> None:
-        number = len(self._keys)
-        self._keys.append(key)
-        self._values.append(value)
-        for (shift, mask), bucket in zip(self._bands, self._buckets):
-            bucket[(value >> shift) & mask].append(number)
-
-    def find(self, value: int) -> list[tuple[Key, int]]:
-        """Every ``(key, distance)`` within ``max_distance`` bits, nearest first."""
-        candidates: set[int] = set()
-        for (shift, mask), bucket, probes in zip(self._bands, self._buckets, self._probes):
-            band = (value >> shift) & mask
-            for probe in probes:
-                candidates.update(bucket.get(band ^ probe, ()))
-        found = [(self._keys[n], hamming(value, self._values[n])) for n in candidates]
-        return sorted((item for item in found if item[1] <= self.max_distance), key=lambda item: item[1])
 
 
 class _Groups:
@@ -113,7 +60,7 @@ def duplicate_groups(images: list[ScannedImage], max_distance: int, max_differen
             if digest in first_seen:
                 groups.join(i, first_seen[digest])
             first_seen.setdefault(digest, i)
-    index: BandIndex[int] = BandIndex(max_distance)
+    index: NearDuplicateIndex[int] = NearDuplicateIndex(max_distance)
     for i, image in enumerate(usable):
         for j, _ in index.find(image.phash):
             if fingerprint_difference(image, usable[j]) <= max_difference:

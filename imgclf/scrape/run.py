@@ -107,7 +107,13 @@ def scrape(cfg: DictConfig | Mapping[str, Any], console: Console | None = None) 
     check_executable(cfg["browser"].get("executable_path"))
     settings = DownloadSettings.from_config(cfg["download"])
     _check_download(settings)
-    store = DatasetStore(cfg["data"]["root"], int(cfg["download"]["near_duplicate_distance"]))
+    distance = int(cfg["download"]["near_duplicate_distance"])
+    if not 0 <= distance <= 32:
+        raise ImgclfError(
+            f"download.near_duplicate_distance={distance}: use 0 (exact copies only) to 32 bits "
+            "of the 64-bit perceptual hash; the default 6 catches resized and re-encoded copies"
+        )
+    store = DatasetStore(cfg["data"]["root"], distance)
     for split, folder in dict.fromkeys((t.split, t.folder_name) for t in terms):
         if cfg.get("overwrite"):
             removed = store.clear(split, folder)

@@ -68,7 +68,7 @@ class DatasetStore:
     def _load(self) -> None:
         self._rows: list[dict[str, Any]] = read_manifest(self.manifest_path, repair=True)
         self._exact: dict[str, str] = {}  # sha256 (saved or source) -> path
-        self._near: NearDuplicateIndex[str] = NearDuplicateIndex()
+        self._near: NearDuplicateIndex[str] = NearDuplicateIndex(self.near_duplicate_distance)
         self._urls: set[str] = set()
         self._counts: dict[tuple[str, str], int] = {}
         self._next_number: dict[tuple[str, str], int] = {}
@@ -138,7 +138,7 @@ class DatasetStore:
         for digest in (image.source_sha256, image.sha256):
             if digest in self._exact:
                 return "duplicate_exact", self._exact[digest]
-        nearest = self._near.nearest(image.phash, self.near_duplicate_distance)
+        nearest = self._near.nearest(image.phash)
         if nearest is not None:
             return "duplicate_near", nearest[0]
         return None
