@@ -41,8 +41,12 @@ def make_pictures(folder: Path, count: int, seed: int = 0) -> list[tuple[Path, s
         label = str(digits.target[index])
         ink = (255 - digits.images[index] * (255 / 16)).astype(np.uint8)
         image = Image.fromarray(ink, mode="L").resize((SIDE, SIDE), Image.BICUBIC)
-        image = image.rotate(rng.uniform(-20, 20), resample=Image.BICUBIC, fillcolor=255,
-                             translate=tuple(rng.integers(-4, 5, 2)))
+        image = image.rotate(
+            rng.uniform(-20, 20),
+            resample=Image.BICUBIC,
+            fillcolor=255,
+            translate=tuple(rng.integers(-4, 5, 2)),
+        )
         noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 12, (SIDE, SIDE))
         path = folder / f"{label}_{n}.png"
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="L").save(path)
@@ -67,14 +71,23 @@ def review_seconds(root: Path, work: Path) -> dict[str, float]:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("review", [f"data.root={root}", f"report_dir={work / (root.name + '_report')}",
-                                 "labels.features=pixels", "hydra.run.dir=."])
+        cfg = compose(
+            "review",
+            [
+                f"data.root={root}",
+                f"report_dir={work / (root.name + '_report')}",
+                "labels.features=pixels",
+                "hydra.run.dir=.",
+            ],
+        )
     started = time.perf_counter()
     result = review(cfg)
     seconds = dict(result["seconds"])
     seconds["total"] = time.perf_counter() - started
     seconds["flagged near/exact duplicates"] = sum(
-        f.reason in ("near_duplicate", "exact_duplicate", "leakage", "label_conflict") for f in result["flags"])
+        f.reason in ("near_duplicate", "exact_duplicate", "leakage", "label_conflict")
+        for f in result["flags"]
+    )
     return seconds
 
 
@@ -147,22 +160,35 @@ def main() -> None:
     print("\n| images | " + " | ".join(f"{s} (s)" for s in stages) + " | images/s |")
     print("|---:|" + "---:|" * (len(stages) + 1))
     for size, seconds in rows.items():
-        print(f"| {size} | " + " | ".join(f"{seconds[s]:.2f}" for s in stages)
-              + f" | {size / seconds['total']:.0f} |")
+        print(
+            f"| {size} | "
+            + " | ".join(f"{seconds[s]:.2f}" for s in stages)
+            + f" | {size / seconds['total']:.0f} |"
+        )
     small, large = min(SIZES), max(SIZES)
-    print(f"\ngrowth from {small} to {large} images ({large // small}x): "
-          + ", ".join(f"{s} {rows[large][s] / rows[small][s]:.1f}x" for s in stages)
-          + f" (linear: {large / small:.1f}x, all pairs: {(large / small) ** 2:.0f}x)")
-    print("duplicate files flagged: " + ", ".join(
-        f"{size}: {int(rows[size]['flagged near/exact duplicates'])}" for size in SIZES)
-        + " (past 1,797 images the set repeats digits, shifted and noisy: real near duplicates)")
+    print(
+        f"\ngrowth from {small} to {large} images ({large // small}x): "
+        + ", ".join(f"{s} {rows[large][s] / rows[small][s]:.1f}x" for s in stages)
+        + f" (linear: {large / small:.1f}x, all pairs: {(large / small) ** 2:.0f}x)"
+    )
+    print(
+        "duplicate files flagged: "
+        + ", ".join(f"{size}: {int(rows[size]['flagged near/exact duplicates'])}" for size in SIZES)
+        + " (past 1,797 images the set repeats digits, shifted and noisy: real near duplicates)"
+    )
     pairs = indexes.pop("pHash pairs within 8 bits")
-    print(f"\nnear-duplicate look-ups at radius 8 bits, same pHashes, {small} -> {large} images "
-          f"(candidate pairs, before the fingerprint check: "
-          + ", ".join(f"{size}: {pairs[size]}" for size in SIZES) + "):")
+    print(
+        f"\nnear-duplicate look-ups at radius 8 bits, same pHashes, {small} -> {large} images "
+        f"(candidate pairs, before the fingerprint check: "
+        + ", ".join(f"{size}: {pairs[size]}" for size in SIZES)
+        + "):"
+    )
     for name, seconds in indexes.items():
-        print(f"  {name}: " + ", ".join(f"{size}: {seconds[size]:.3f} s" for size in SIZES)
-              + f" ({seconds[large] / seconds[small]:.1f}x)")
+        print(
+            f"  {name}: "
+            + ", ".join(f"{size}: {seconds[size]:.3f} s" for size in SIZES)
+            + f" ({seconds[large] / seconds[small]:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_photos(root, per_class=(args.batches + 1) * args.batch_size // 2 + 1)
-        data = ImageFolderDataModule(str(root), preprocessing_for(args.image_size),
-                                     batch_size=args.batch_size, num_workers=args.num_workers)
+        data = ImageFolderDataModule(
+            str(root),
+            preprocessing_for(args.image_size),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
         data.setup("fit")
         loader = data.train_dataloader()
         in_memory = [batch for batch, _ in zip(loader, range(args.batches + 1))]
@@ -95,10 +99,14 @@ def main() -> None:
         fp32 = timed_steps(module, in_memory, "fp32", False)
         bf16 = timed_steps(module, in_memory, "bf16", True)
 
-    print(f"# train_throughput: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU bf16 fast: {cpu_has_fast_bf16()}")
-    print(f"stage-1 step (frozen Inception v3 backbone + MLP head), {args.image_size} px, batch "
-          f"{args.batch_size}, {args.batches} timed batches, num_workers={args.num_workers}\n")
+    print(
+        f"# train_throughput: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU bf16 fast: {cpu_has_fast_bf16()}"
+    )
+    print(
+        f"stage-1 step (frozen Inception v3 backbone + MLP head), {args.image_size} px, batch "
+        f"{args.batch_size}, {args.batches} timed batches, num_workers={args.num_workers}\n"
+    )
     print("| measurement | images/s |")
     print("| --- | ---: |")
     print(f"| JPEG files through the data module ({fast}, channels-last) | {from_files:.1f} |")

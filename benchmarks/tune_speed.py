@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> None:
-    subprocess.run([sys.executable, "scripts/train.py", *args], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main() -> None:
@@ -43,38 +48,66 @@ def main() -> None:
         tmp = Path(tmp)
         data = tmp / "digits"
         counts = make_digits_dataset(data, size=32)
-        common = [f"data.root={data}", f"data.image_size={args.image_size}", "data.augment=false",
-                  f"paths.log_dir={tmp / 'logs'}", "callbacks=none"]
-        run(*common, "model.pretrained=false", "model.optimizer.lr=1e-3", "trainer.max_epochs=2",
-            f"paths.model_dir={tmp / 'scratch'}")
+        common = [
+            f"data.root={data}",
+            f"data.image_size={args.image_size}",
+            "data.augment=false",
+            f"paths.log_dir={tmp / 'logs'}",
+            "callbacks=none",
+        ]
+        run(
+            *common,
+            "model.pretrained=false",
+            "model.optimizer.lr=1e-3",
+            "trainer.max_epochs=2",
+            f"paths.model_dir={tmp / 'scratch'}",
+        )
         record = torch.load(tmp / "scratch" / "model.ckpt", weights_only=True)
         weights = tmp / "backbone.pth"
-        torch.save({k.removeprefix("backbone."): v for k, v in record["state_dict"].items()
-                    if k.startswith("backbone.")}, weights)
+        torch.save(
+            {
+                k.removeprefix("backbone."): v
+                for k, v in record["state_dict"].items()
+                if k.startswith("backbone.")
+            },
+            weights,
+        )
 
         results = {}
         for cache in (True, False):
             model_dir = tmp / f"cache_{cache}"
             started = time.perf_counter()
-            run("-m", "hparams_search=optuna", *common, f"hydra.sweeper.n_trials={args.trials}",
-                f"hydra.sweeper.sampler.n_startup_trials={args.trials}", "model.fine_tune=false",
-                f"model.weights_path={weights}", f"features.cache={str(cache).lower()}",
-                f"paths.model_dir={model_dir}", f"paths.cache_dir={tmp / 'feature_cache'}")
+            run(
+                "-m",
+                "hparams_search=optuna",
+                *common,
+                f"hydra.sweeper.n_trials={args.trials}",
+                f"hydra.sweeper.sampler.n_startup_trials={args.trials}",
+                "model.fine_tune=false",
+                f"model.weights_path={weights}",
+                f"features.cache={str(cache).lower()}",
+                f"paths.model_dir={model_dir}",
+                f"paths.cache_dir={tmp / 'feature_cache'}",
+            )
             seconds = time.perf_counter() - started
             study = optuna.load_study(study_name="imgclf", storage=f"sqlite:///{model_dir / 'optuna.db'}")
             epochs = sum(t.params["trainer.max_epochs"] for t in study.trials)
             results[cache] = (seconds, study.best_value, epochs)
 
     (cached_s, cached_acc, epochs), (plain_s, plain_acc, _) = results[True], results[False]
-    print(f"# tune_speed: {args.trials}-trial frozen-backbone search, digits {counts}, "
-          f"{args.image_size} px, {epochs} epochs in all, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
+    print(
+        f"# tune_speed: {args.trials}-trial frozen-backbone search, digits {counts}, "
+        f"{args.image_size} px, {epochs} epochs in all, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads\n"
+    )
     print("| sweep | wall time (s) | best val/acc |")
     print("| --- | ---: | ---: |")
     print(f"| feature cache on (computed once, in the time) | {cached_s:.1f} | {cached_acc:.4f} |")
     print(f"| feature cache off | {plain_s:.1f} | {plain_acc:.4f} |")
-    print(f"\nspeed-up with the cache: {plain_s / cached_s:.1f}x (goal: at least 10x), "
-          f"best val/acc difference {cached_acc - plain_acc:+.4f}")
+    print(
+        f"\nspeed-up with the cache: {plain_s / cached_s:.1f}x (goal: at least 10x), "
+        f"best val/acc difference {cached_acc - plain_acc:+.4f}"
+    )
 
 
 if __name__ == "__main__":

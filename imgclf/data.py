@@ -73,9 +73,7 @@ def list_split(root: str | Path, split: str, verify: bool = True) -> SplitListin
             "(build one with `python scripts/scrape.py`, or set data.root=)"
         )
     if not directory.is_dir():
-        raise ImgclfError(
-            f"dataset split folder {directory} is missing; {layout_hint(root)}"
-        )
+        raise ImgclfError(f"dataset split folder {directory} is missing; {layout_hint(root)}")
     class_dirs = sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise ImgclfError(f"{directory} has no class folders; {layout_hint(root)}")
@@ -100,9 +98,7 @@ def list_split(root: str | Path, split: str, verify: bool = True) -> SplitListin
         files[class_dir.name] = kept
     listing = SplitListing(split, directory, files, {k: v for k, v in skipped.items() if v})
     for reason, paths in listing.skipped.items():
-        log.warning(
-            "%s: skipped %d file(s), %s (first: %s)", directory, len(paths), reason, paths[0]
-        )
+        log.warning("%s: skipped %d file(s), %s (first: %s)", directory, len(paths), reason, paths[0])
     return listing
 
 

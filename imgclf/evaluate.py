@@ -30,7 +30,9 @@ from imgclf.predict import Predictor
 log = logging.getLogger(__name__)
 
 
-def split_samples(predictor: Predictor, root: str | Path, split: str) -> tuple[list[tuple[Path, int]], list[Path]]:
+def split_samples(
+    predictor: Predictor, root: str | Path, split: str
+) -> tuple[list[tuple[Path, int]], list[Path]]:
     """The split's images labelled with the *model's* class indices, and the files skipped as unreadable.
 
     Fails, naming both sides, when the folder's classes and the model's do not fit.
@@ -50,7 +52,9 @@ def split_samples(predictor: Predictor, root: str | Path, split: str) -> tuple[l
         )
     absent = sorted(set(predictor.classes) - set(listing.classes))
     if absent:
-        log.warning("%s has no images of %s: their recall is not measured", listing.directory, ", ".join(absent))
+        log.warning(
+            "%s has no images of %s: their recall is not measured", listing.directory, ", ".join(absent)
+        )
     return listing.samples(predictor.classes), listing.skipped.get("unreadable", [])
 
 
@@ -78,8 +82,13 @@ class EvalImages(Dataset):
             return self.transform(Image.new("RGB", (self.side, self.side))), target, -1
 
 
-def predict_split(predictor: Predictor, dataset: EvalImages, batch_size: int, num_workers: int,
-                  description: str = "evaluating") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_split(
+    predictor: Predictor,
+    dataset: EvalImages,
+    batch_size: int,
+    num_workers: int,
+    description: str = "evaluating",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities, targets and sample indices of the decodable images.
 
     Items of shape [views, 3, H, W] (test-time augmentation) get their views' probabilities averaged.
@@ -104,25 +113,33 @@ def predict_split(predictor: Predictor, dataset: EvalImages, batch_size: int, nu
     return torch.cat(probabilities).numpy(), torch.cat(targets).numpy(), torch.cat(indices).numpy()
 
 
-def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def classification_metrics(
+    probabilities: np.ndarray, targets: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(len(classes)))
     predictions = probabilities.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(
-        targets, predictions, labels=labels, zero_division=0)
+        targets, predictions, labels=labels, zero_division=0
+    )
     averages = {}
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(
-            targets, predictions, labels=labels, average=average, zero_division=0)
+            targets, predictions, labels=labels, average=average, zero_division=0
+        )
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     return {
         "accuracy": float((predictions == targets).mean()),
         "num_images": len(targets),
         "classes": list(classes),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(classes)
         },
         "averages": averages,
@@ -140,7 +157,8 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
     size = max(4.0, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(np.array(matrix), display_labels=classes).plot(
-        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45)
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45
+    )
     ax.set_title(title)
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
@@ -151,18 +169,28 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
 
 def tta_accuracy(predictor: Predictor, samples: list[tuple[Path, int]], cfg: DictConfig) -> float:
     """Accuracy with each image's ten crops and mirrors averaged (ten times the compute)."""
-    dataset = EvalImages(samples, report.TenCropViews(predictor.preprocessing), predictor.preprocessing["crop"])
+    dataset = EvalImages(
+        samples, report.TenCropViews(predictor.preprocessing), predictor.preprocessing["crop"]
+    )
     batch = max(1, int(cfg.batch_size) // report.TTA_VIEWS)
-    probabilities, targets, _ = predict_split(predictor, dataset, batch, cfg.num_workers, "test-time augmentation")
+    probabilities, targets, _ = predict_split(
+        predictor, dataset, batch, cfg.num_workers, "test-time augmentation"
+    )
     return float((probabilities.argmax(axis=1) == targets).mean())
 
 
-def write_report(metrics: dict[str, Any], top: list[dict[str, Any]], classes: list[str], report_dir: Path) -> None:
+def write_report(
+    metrics: dict[str, Any], top: list[dict[str, Any]], classes: list[str], report_dir: Path
+) -> None:
     split = metrics["split"]
     atomic_write_json(report_dir / "metrics.json", metrics)
     report.write_per_class_csv(metrics, report_dir / "per_class.csv")
-    plot_confusion_matrix(metrics["confusion_matrix"], classes, report_dir / "confusion_matrix.png",
-                          f"{split}: accuracy {metrics['accuracy']:.4f}")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        classes,
+        report_dir / "confusion_matrix.png",
+        f"{split}: accuracy {metrics['accuracy']:.4f}",
+    )
     report.plot_reliability(metrics["calibration"], report_dir / "reliability_diagram.png", split)
     report.plot_contact_sheet(top, report_dir / "top_losses.png")
 
@@ -179,9 +207,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = classification_metrics(probabilities, targets, classes)
     decoded = set(indices.tolist())
     left_out = unreadable + [path for i, (path, _) in enumerate(samples) if i not in decoded]
-    metrics.update({"split": split, "model": str(cfg.ckpt_path), "data_root": str(cfg.data.root),
-                    "left_out": [str(path) for path in left_out]})
-    metrics["most_confused"] = report.most_confused_pairs(metrics["confusion_matrix"], classes, cfg.most_confused)
+    metrics.update(
+        {
+            "split": split,
+            "model": str(cfg.ckpt_path),
+            "data_root": str(cfg.data.root),
+            "left_out": [str(path) for path in left_out],
+        }
+    )
+    metrics["most_confused"] = report.most_confused_pairs(
+        metrics["confusion_matrix"], classes, cfg.most_confused
+    )
     metrics["calibration"] = report.calibration(probabilities, targets, cfg.calibration_bins)
     paths = [samples[i][0] for i in indices]
     top = report.top_loss_entries(probabilities, targets, paths, classes, cfg.top_losses)

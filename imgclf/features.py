@@ -51,8 +51,10 @@ def cache_key(
     backbone: str = "inception_v3",
 ) -> str:
     files = {
-        split: [[str(p), p.stat().st_size, p.stat().st_mtime_ns, target]
-                for p, target in datamodule.listings[split].samples(datamodule.classes)]
+        split: [
+            [str(p), p.stat().st_size, p.stat().st_mtime_ns, target]
+            for p, target in datamodule.listings[split].samples(datamodule.classes)
+        ]
         for split in ("train", "val")
     }
     description = {
@@ -71,8 +73,15 @@ def cache_key(
 
 
 @torch.inference_mode()
-def _extract(model: InceptionClassifier, dataset: Dataset, batch_size: int, num_workers: int,
-             precision: str, progress: Progress, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _extract(
+    model: InceptionClassifier,
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    precision: str,
+    progress: Progress,
+    label: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = autocast_dtype(precision)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     task = progress.add_task(label, total=len(dataset))
@@ -86,8 +95,9 @@ def _extract(model: InceptionClassifier, dataset: Dataset, batch_size: int, num_
     return torch.cat(features), torch.cat(targets)
 
 
-def compute_features(model: InceptionClassifier, datamodule: ImageFolderDataModule, views: int,
-                     precision: str) -> dict[str, torch.Tensor]:
+def compute_features(
+    model: InceptionClassifier, datamodule: ImageFolderDataModule, views: int, precision: str
+) -> dict[str, torch.Tensor]:
     """train: [N, views, D] (augmented views), val: [M, D] (plain view)."""
     views = views if datamodule.augment else 1
     model.eval().to(memory_format=torch.channels_last)
@@ -97,17 +107,36 @@ def compute_features(model: InceptionClassifier, datamodule: ImageFolderDataModu
         train_views, train_targets = [], None
         for view in range(views):
             torch.manual_seed(view)  # the same views every time the cache is rebuilt
-            features, train_targets = _extract(model, train_set, batch, workers, precision, progress,
-                                               f"features: train view {view + 1}/{views}")
+            features, train_targets = _extract(
+                model,
+                train_set,
+                batch,
+                workers,
+                precision,
+                progress,
+                f"features: train view {view + 1}/{views}",
+            )
             train_views.append(features)
-        val, val_targets = _extract(model, datamodule.dataset("val"), batch, workers, precision,
-                                    progress, "features: val")
-    return {"format": CACHE_FORMAT, "train": torch.stack(train_views, dim=1),
-            "train_targets": train_targets, "val": val, "val_targets": val_targets}
+        val, val_targets = _extract(
+            model, datamodule.dataset("val"), batch, workers, precision, progress, "features: val"
+        )
+    return {
+        "format": CACHE_FORMAT,
+        "train": torch.stack(train_views, dim=1),
+        "train_targets": train_targets,
+        "val": val,
+        "val_targets": val_targets,
+    }
 
 
-def load_or_compute(model: InceptionClassifier, datamodule: ImageFolderDataModule, model_cfg: Any,
-                    cache_dir: str | os.PathLike, views: int, precision: str) -> dict[str, torch.Tensor]:
+def load_or_compute(
+    model: InceptionClassifier,
+    datamodule: ImageFolderDataModule,
+    model_cfg: Any,
+    cache_dir: str | os.PathLike,
+    views: int,
+    precision: str,
+) -> dict[str, torch.Tensor]:
     key = cache_key(file_fingerprint(weights_source(model_cfg)), datamodule, views)
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():

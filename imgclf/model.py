@@ -25,8 +25,7 @@ def preprocessing_for(image_size: int) -> dict[str, Any]:
     """Resize, crop and normalisation from the weights' own transforms, scaled to ``image_size``."""
     if int(image_size) < MIN_IMAGE_SIZE:
         raise ImgclfError(
-            f"data.image_size={image_size} is too small for Inception v3; use at least "
-            f"{MIN_IMAGE_SIZE}"
+            f"data.image_size={image_size} is too small for Inception v3; use at least {MIN_IMAGE_SIZE}"
         )
     reference = WEIGHTS.transforms()
     crop = int(image_size)
@@ -109,8 +108,9 @@ def _imagenet_state_dict(state: Any, source: str) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImgclfError(f"{source} is not a state dict of tensors; save one with "
-                          "torch.save(model.state_dict(), path)")
+        raise ImgclfError(
+            f"{source} is not a state dict of tensors; save one with torch.save(model.state_dict(), path)"
+        )
     # The ImageNet classifier and the auxiliary branch are not part of our backbone.
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
 

@@ -38,9 +38,7 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
-        self.model = build_classifier(
-            num_classes, dict(head or {}), pretrained, weights_path, allow_download
-        )
+        self.model = build_classifier(num_classes, dict(head or {}), pretrained, weights_path, allow_download)
         weights = None
         if class_weighting and class_counts is not None:
             weights = inverse_frequency_weights(class_counts)
@@ -63,7 +61,9 @@ class ClassifierModule(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits.float(), targets)

@@ -20,8 +20,14 @@ from imgclf.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"auto": None, "fp32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed",
-              "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+PRECISIONS = {
+    "auto": None,
+    "fp32": "32-true",
+    "32-true": "32-true",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "16-mixed": "16-mixed",
+}
 # A bf16 answer only "differs" from fp32 where fp32 itself was not a coin toss.
 CONFIDENT_MARGIN = 0.01
 
@@ -78,7 +84,9 @@ class Predictor:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _fall_back_if_inexact(self, images: Sequence[Image.Image] | None) -> None:
-        batch = torch.stack([self.preprocess(im) for im in images or probe_images(self.preprocessing["crop"])])
+        batch = torch.stack(
+            [self.preprocess(im) for im in images or probe_images(self.preprocessing["crop"])]
+        )
         fast = self.predict_batch(batch)
         chosen = self.precision
         self.precision = "32-true"
@@ -87,8 +95,12 @@ class Predictor:
         confident = (top2[:, 0] - top2[:, -1]) > CONFIDENT_MARGIN
         disagree = (fast.argmax(1) != exact.argmax(1)) & confident
         if disagree.any():
-            log.warning("%s top-1 differs from fp32 on %d of %d check images; using fp32",
-                        chosen, int(disagree.sum()), len(batch))
+            log.warning(
+                "%s top-1 differs from fp32 on %d of %d check images; using fp32",
+                chosen,
+                int(disagree.sum()),
+                len(batch),
+            )
         else:
             self.precision = chosen
 
@@ -125,7 +137,9 @@ class Predictor:
         order = torch.argsort(probabilities, descending=True)[: top_k or None]
         return [{"label": self.classes[i], "probability": float(probabilities[i])} for i in order]
 
-    def classify(self, sources: Iterable[str | os.PathLike | bytes], batch_size: int = 16) -> list[dict[str, float]]:
+    def classify(
+        self, sources: Iterable[str | os.PathLike | bytes], batch_size: int = 16
+    ) -> list[dict[str, float]]:
         tensors = [self.load(source) for source in sources]
         results = []
         for start in range(0, len(tensors), batch_size):

@@ -23,14 +23,22 @@ from imgclf.io import atomic_open
 TTA_VIEWS = 10  # five crops (corners and centre), each also mirrored
 
 
-def most_confused_pairs(matrix: Sequence[Sequence[int]], classes: Sequence[str], top: int = 10) -> list[dict[str, Any]]:
+def most_confused_pairs(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], top: int = 10
+) -> list[dict[str, Any]]:
     """Off-diagonal cells of the confusion matrix, largest first."""
     counts = np.asarray(matrix)
     per_true = counts.sum(axis=1)
     pairs = [
-        {"true": classes[i], "predicted": classes[j], "count": int(counts[i, j]),
-         "fraction_of_true": float(counts[i, j] / per_true[i])}
-        for i in range(len(classes)) for j in range(len(classes)) if i != j and counts[i, j] > 0
+        {
+            "true": classes[i],
+            "predicted": classes[j],
+            "count": int(counts[i, j]),
+            "fraction_of_true": float(counts[i, j] / per_true[i]),
+        }
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and counts[i, j] > 0
     ]
     pairs.sort(key=lambda p: (-p["count"], -p["fraction_of_true"], p["true"], p["predicted"]))
     return pairs[:top]
@@ -53,8 +61,15 @@ def calibration(probabilities: np.ndarray, targets: np.ndarray, num_bins: int = 
         accuracy = float(correct[members].mean()) if count else None
         if count:
             ece += count / len(targets) * abs(accuracy - confidence)
-        bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-                     "confidence": confidence, "accuracy": accuracy})
+        bins.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "confidence": confidence,
+                "accuracy": accuracy,
+            }
+        )
     return {"ece": float(ece), "num_bins": num_bins, "bins": bins}
 
 
@@ -65,15 +80,27 @@ def top_losses(probabilities: np.ndarray, targets: np.ndarray, k: int) -> np.nda
     return np.argsort(-losses, kind="stable")[:k]
 
 
-def top_loss_entries(probabilities: np.ndarray, targets: np.ndarray, paths: Sequence[os.PathLike],
-                     classes: Sequence[str], k: int) -> list[dict[str, Any]]:
+def top_loss_entries(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    paths: Sequence[os.PathLike],
+    classes: Sequence[str],
+    k: int,
+) -> list[dict[str, Any]]:
     entries = []
     for i in top_losses(probabilities, targets, k):
         predicted = int(probabilities[i].argmax())
         p_true = float(probabilities[i, targets[i]])
-        entries.append({"path": str(paths[i]), "true": classes[targets[i]], "predicted": classes[predicted],
-                        "probability": float(probabilities[i, predicted]), "true_probability": p_true,
-                        "loss": float(-math.log(max(p_true, 1e-12)))})
+        entries.append(
+            {
+                "path": str(paths[i]),
+                "true": classes[targets[i]],
+                "predicted": classes[predicted],
+                "probability": float(probabilities[i, predicted]),
+                "true_probability": p_true,
+                "loss": float(-math.log(max(p_true, 1e-12))),
+            }
+        )
     return entries
 
 
@@ -96,13 +123,31 @@ def plot_reliability(result: Mapping[str, Any], path: Path, title: str) -> Path:
     axes = figure.add_subplot()
     width = 1.0 / result["num_bins"]
     filled = [b for b in result["bins"] if b["count"]]
-    axes.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
-             edgecolor="black", color="tab:blue", label="accuracy")
-    axes.hlines([b["confidence"] for b in filled], [b["lower"] for b in filled],
-                [b["upper"] for b in filled], colors="tab:red", linewidth=2.5, label="mean confidence")
+    axes.bar(
+        [b["lower"] for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy",
+    )
+    axes.hlines(
+        [b["confidence"] for b in filled],
+        [b["lower"] for b in filled],
+        [b["upper"] for b in filled],
+        colors="tab:red",
+        linewidth=2.5,
+        label="mean confidence",
+    )
     axes.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
-             title=f"{_plain(title)}: ECE {result['ece']:.4f}")
+    axes.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top probability)",
+        ylabel="accuracy",
+        title=f"{_plain(title)}: ECE {result['ece']:.4f}",
+    )
     axes.legend(loc="upper left")
     figure.tight_layout()
     return _save(figure, path)
@@ -126,9 +171,12 @@ def plot_contact_sheet(entries: Sequence[Mapping[str, Any]], path: Path, thumbna
             axes.imshow(image)
         except ImageDecodeError:
             axes.text(0.5, 0.5, "cannot decode", ha="center", va="center")
-        axes.set_title(f"true: {_plain(entry['true'])} (p={entry['true_probability']:.2f})\n"
-                       f"predicted: {_plain(entry['predicted'])} (p={entry['probability']:.2f})",
-                       fontsize=8, color="darkred" if entry["true"] != entry["predicted"] else "black")
+        axes.set_title(
+            f"true: {_plain(entry['true'])} (p={entry['true_probability']:.2f})\n"
+            f"predicted: {_plain(entry['predicted'])} (p={entry['probability']:.2f})",
+            fontsize=8,
+            color="darkred" if entry["true"] != entry["predicted"] else "black",
+        )
     if not entries:
         figure.text(0.5, 0.5, "no images", ha="center")
     figure.tight_layout()
@@ -144,11 +192,19 @@ class TenCropViews:
 
     def __init__(self, preprocessing: Mapping[str, Any]) -> None:
         interpolation = InterpolationMode(preprocessing.get("interpolation", "bilinear"))
-        self.resize = v2.Compose([v2.ToImage(), v2.Resize(int(preprocessing["resize"]),
-                                                          interpolation=interpolation, antialias=True)])
+        self.resize = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(int(preprocessing["resize"]), interpolation=interpolation, antialias=True),
+            ]
+        )
         self.crops = v2.TenCrop(int(preprocessing["crop"]))
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(mean=list(preprocessing["mean"]), std=list(preprocessing["std"]))])
+        self.normalize = v2.Compose(
+            [
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(preprocessing["mean"]), std=list(preprocessing["std"])),
+            ]
+        )
 
     def __call__(self, image) -> torch.Tensor:
         return torch.stack([self.normalize(view) for view in self.crops(self.resize(image))])
@@ -156,8 +212,10 @@ class TenCropViews:
 
 def write_per_class_csv(metrics: Mapping[str, Any], path: Path) -> Path:
     lines = ["class,precision,recall,f1,support"]
-    lines += [f"{name},{m['precision']:.4f},{m['recall']:.4f},{m['f1']:.4f},{m['support']}"
-              for name, m in metrics["per_class"].items()]
+    lines += [
+        f"{name},{m['precision']:.4f},{m['recall']:.4f},{m['f1']:.4f},{m['support']}"
+        for name, m in metrics["per_class"].items()
+    ]
     with atomic_open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return path

@@ -50,8 +50,10 @@ def parse_search_space(lines: list[str], config: DictConfig) -> tuple[dict, dict
         except Exception as exc:  # Hydra's parser and Optuna's distributions raise various types
             raise ImgclfError(f"search space entry {line!r} is invalid: {exc}") from None
         if OmegaConf.select(config, key, default=_MISSING) is _MISSING and not line.startswith("+"):
-            raise ImgclfError(f"search space entry {line!r}: {key} is not a config key of train.py "
-                              "(see `python scripts/train.py --cfg job`)")
+            raise ImgclfError(
+                f"search space entry {line!r}: {key} is not a config key of train.py "
+                "(see `python scripts/train.py --cfg job`)"
+            )
     return create_params_from_overrides(lines)
 
 
@@ -99,8 +101,9 @@ def open_study(name: str | None, storage: Any, directions: list[str], attempts: 
 
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.create_study(study_name=name, storage=storage_url(storage),
-                                       directions=directions, load_if_exists=True)
+            return optuna.create_study(
+                study_name=name, storage=storage_url(storage), directions=directions, load_if_exists=True
+            )
         except SQLAlchemyError as exc:
             if attempt == attempts:
                 raise ImgclfError(f"cannot open the study in {storage}: {exc}") from None
@@ -129,7 +132,8 @@ class ResumableSweep(OptunaSweeperImpl):
     def _sweep(self, arguments: list[str]) -> None:
         self._process_searchspace_config()
         distributions, fixed, fixed_overrides = parse_search_space(
-            self._parse_sweeper_params_config() + list(arguments), self.config)
+            self._parse_sweeper_params_config() + list(arguments), self.config
+        )
         for name in fixed:
             distributions.pop(name, None)
         directions = self._get_directions()
@@ -137,19 +141,27 @@ class ResumableSweep(OptunaSweeperImpl):
         study.sampler = self._sampler(offset=len(study.trials))
         orphaned = fail_orphaned_trials(study)
         counts = trial_counts(study)
-        log.info("Study %r in %s holds %d trials (%d complete, %d failed%s); target %d",
-                 study.study_name, self.storage, sum(counts.values()), counts[TrialState.COMPLETE],
-                 counts[TrialState.FAIL], f", {orphaned} interrupted marked failed" if orphaned else "",
-                 self.n_trials)
+        log.info(
+            "Study %r in %s holds %d trials (%d complete, %d failed%s); target %d",
+            study.study_name,
+            self.storage,
+            sum(counts.values()),
+            counts[TrialState.COMPLETE],
+            counts[TrialState.FAIL],
+            f", {orphaned} interrupted marked failed" if orphaned else "",
+            self.n_trials,
+        )
 
         failures = 0
         while True:
             counts = trial_counts(study)
-            remaining = self.n_trials - sum(counts[s] for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            remaining = self.n_trials - sum(
+                counts[s] for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            )
             if remaining <= 0:
                 break
-            if failures >= self.n_trials:
-                log.error("Stopping: %d trials failed in this run", failures)
+            if failures >= 2 * self.n_trials:  # most of the space crashes: say so, don't spin
+                log.error("Stopping: %d trials failed in this run; see their logs in %s", failures, self.sweep_dir)
                 break
             trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
             for trial in trials:
@@ -171,31 +183,44 @@ class ResumableSweep(OptunaSweeperImpl):
             log.warning("Trial %d failed: %s", trial.number, exc)
             return False
         study.tell(trial, value)
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+        )
         log.info("Trial %d: %s -> %s", trial.number, params, value)
         return True
 
     def _finish(self, study: optuna.Study, directions: list[str]) -> None:
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         if not complete:
-            raise ImgclfError(f"no trial of study {study.study_name!r} completed; see the trial logs in {self.sweep_dir}")
+            raise ImgclfError(
+                f"no trial of study {study.study_name!r} completed; see the trial logs in {self.sweep_dir}"
+            )
         reverse = directions[0] == "maximize"
         ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
         show_best_trials(ranked[:5], metric=str(self.config.get("optimized_metric", "value")))
         best = ranked[0]
         params = {**best.params}
         path = write_best_hparams(
-            Path(self.config.paths.model_dir) / BEST_HPARAMS, params,
-            metric=str(self.config.get("optimized_metric", "value")), value=float(best.value),
-            trial=best.number, study=study.study_name, storage=str(self.storage),
-            n_trials=len(study.trials))
+            Path(self.config.paths.model_dir) / BEST_HPARAMS,
+            params,
+            metric=str(self.config.get("optimized_metric", "value")),
+            value=float(best.value),
+            trial=best.number,
+            study=study.study_name,
+            storage=str(self.storage),
+            n_trials=len(study.trials),
+        )
         counts = trial_counts(study)
-        print(f"Study {study.study_name!r} now holds {len(study.trials)} trials "
-              f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.FAIL]} failed). "
-              f"Best {self.config.get('optimized_metric', 'value')} {best.value:.4f} (trial {best.number}); "
-              f"parameters written to {path}")
-        OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": params, "best_value": best.value}),
-                       Path(self.sweep_dir) / "optimization_results.yaml")
+        print(
+            f"Study {study.study_name!r} now holds {len(study.trials)} trials "
+            f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.FAIL]} failed). "
+            f"Best {self.config.get('optimized_metric', 'value')} {best.value:.4f} (trial {best.number}); "
+            f"parameters written to {path}"
+        )
+        OmegaConf.save(
+            OmegaConf.create({"name": "optuna", "best_params": params, "best_value": best.value}),
+            Path(self.sweep_dir) / "optimization_results.yaml",
+        )
 
 
 def show_best_trials(trials: list[optuna.trial.FrozenTrial], metric: str) -> None:
@@ -206,7 +231,10 @@ def show_best_trials(trials: list[optuna.trial.FrozenTrial], metric: str) -> Non
     for name in names:
         table.add_column(name.split(".")[-1])  # "lr", "hidden_size": the table fits a terminal
     for t in trials:
-        cells = [f"{t.params[n]:.3g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, "")) for n in names]
+        cells = [
+            f"{t.params[n]:.3g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, ""))
+            for n in names
+        ]
         table.add_row(str(t.number), f"{t.value:.4f}", *cells)
     Console().print(table)
 
@@ -214,10 +242,26 @@ def show_best_trials(trials: list[optuna.trial.FrozenTrial], metric: str) -> Non
 class ResumableOptunaSweeper(OptunaSweeper):
     """Drop-in for Hydra's OptunaSweeper (same config), built on :class:`ResumableSweep`."""
 
-    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
-                 n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
-                 params: DictConfig | None) -> None:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Any,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+    ) -> None:
         self.sweeper = ResumableSweep(
-            sampler_config=sampler, direction=direction, storage=storage, study_name=study_name,
-            n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate,
-            custom_search_space=custom_search_space, params=params)
+            sampler_config=sampler,
+            direction=direction,
+            storage=storage,
+            study_name=study_name,
+            n_trials=n_trials,
+            n_jobs=n_jobs,
+            max_failure_rate=max_failure_rate,
+            custom_search_space=custom_search_space,
+            params=params,
+        )

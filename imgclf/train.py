@@ -59,7 +59,11 @@ class RunState:
             state = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        if state.get("status") == "running" and state.get("fingerprint") == self.fingerprint and last.is_file():
+        if (
+            state.get("status") == "running"
+            and state.get("fingerprint") == self.fingerprint
+            and last.is_file()
+        ):
             return last
         return None
 
@@ -82,7 +86,9 @@ def check_weights_early(cfg: DictConfig) -> None:
         raise ImgclfError(missing_weights_message("not in the torch cache and downloads are off"))
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Any], max_epochs: int) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, callbacks: list[Callback], loggers: list[Any], max_epochs: int
+) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
     trainer_cfg["max_epochs"] = max_epochs
@@ -92,23 +98,36 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Any]
 
 def best_checkpoint(directory: Path) -> ModelCheckpoint:
     return ModelCheckpoint(
-        dirpath=directory, filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
-        monitor="val/acc", mode="max", save_top_k=1, save_last=True)
+        dirpath=directory,
+        filename="best-epoch{epoch:02d}",
+        auto_insert_metric_name=False,
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
 
 
 def restore(module: ClassifierModule, checkpointing: ModelCheckpoint) -> dict[str, Any]:
-    best = torch.load(checkpointing.best_model_path or checkpointing.last_model_path,
-                      map_location="cpu", weights_only=False)
+    best = torch.load(
+        checkpointing.best_model_path or checkpointing.last_model_path, map_location="cpu", weights_only=False
+    )
     module.load_state_dict(best["state_dict"])
     return {"epoch": int(best["epoch"]), "val/acc": float(checkpointing.best_model_score or 0.0)}
 
 
-def fit_on_images(cfg, module, datamodule, loggers, checkpoint_dir: Path, epochs: int, fine_tune: bool) -> dict[str, Any] | None:
+def fit_on_images(
+    cfg, module, datamodule, loggers, checkpoint_dir: Path, epochs: int, fine_tune: bool
+) -> dict[str, Any] | None:
     callbacks = build_all(cfg.get("callbacks"), "callback")
     if cfg.model.pretrained:
-        callbacks.append(StagedFineTuning(
-            unfreeze_at_epoch=epochs if fine_tune else None,
-            blocks=cfg.model.fine_tune_blocks, lr_factor=cfg.model.fine_tune_lr_factor))
+        callbacks.append(
+            StagedFineTuning(
+                unfreeze_at_epoch=epochs if fine_tune else None,
+                blocks=cfg.model.fine_tune_blocks,
+                lr_factor=cfg.model.fine_tune_lr_factor,
+            )
+        )
     checkpointing = best_checkpoint(checkpoint_dir)
     trainer = build_trainer(cfg, callbacks + [checkpointing], loggers, epochs * (2 if fine_tune else 1))
     state = RunState(checkpoint_dir, run_fingerprint(cfg))
@@ -126,11 +145,15 @@ def fit_on_images(cfg, module, datamodule, loggers, checkpoint_dir: Path, epochs
     return restore(module, checkpointing)
 
 
-def fit_with_feature_cache(cfg, module, datamodule, loggers, checkpoint_dir: Path, epochs: int, fine_tune: bool) -> dict[str, Any] | None:
-    RunState(checkpoint_dir, run_fingerprint(cfg)).start_fresh()
+def fit_with_feature_cache(
+    cfg, module, datamodule, loggers, checkpoint_dir: Path, epochs: int, fine_tune: bool
+) -> dict[str, Any] | None:
+    state = RunState(checkpoint_dir, run_fingerprint(cfg))
+    state.start_fresh()  # stage 1 from cached features takes seconds: nothing worth resuming
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
-    features = load_or_compute(module.model, datamodule, cfg.model, cfg.paths.cache_dir,
-                               cfg.features.views, precision)
+    features = load_or_compute(
+        module.model, datamodule, cfg.model, cfg.paths.cache_dir, cfg.features.views, precision
+    )
     module.inputs = "features"
     stage1 = best_checkpoint(checkpoint_dir / "stage1")
     callbacks = build_all(cfg.get("callbacks"), "callback") + [StagedFineTuning(), stage1]
@@ -140,12 +163,35 @@ def fit_with_feature_cache(cfg, module, datamodule, loggers, checkpoint_dir: Pat
     if trainer.fast_dev_run:
         return None
     best = restore(module, stage1)
-    if not fine_tune:
-        return best
-    log.info("Stage 2: fine-tuning %s at lr x %s", ", ".join(cfg.model.fine_tune_blocks), cfg.model.fine_tune_lr_factor)
+    if fine_tune:
+        best = fine_tune_on_images(cfg, module, datamodule, loggers, checkpoint_dir, epochs, stage1, best)
+    state.mark("done")
+    return best
+
+
+def fine_tune_on_images(
+    cfg,
+    module,
+    datamodule,
+    loggers,
+    checkpoint_dir: Path,
+    epochs: int,
+    stage1: ModelCheckpoint,
+    best: dict[str, Any],
+) -> dict[str, Any]:
+    """Stage 2 after a cached stage 1; keeps whichever stage validated better."""
+    log.info(
+        "Stage 2: fine-tuning %s at lr x %s",
+        ", ".join(cfg.model.fine_tune_blocks),
+        cfg.model.fine_tune_lr_factor,
+    )
     stage2 = best_checkpoint(checkpoint_dir / "stage2")
-    callbacks = build_all(cfg.get("callbacks"), "callback") + [StagedFineTuning(
-        unfreeze_at_epoch=0, blocks=cfg.model.fine_tune_blocks, lr_factor=cfg.model.fine_tune_lr_factor), stage2]
+    callbacks = build_all(cfg.get("callbacks"), "callback") + [
+        StagedFineTuning(
+            unfreeze_at_epoch=0, blocks=cfg.model.fine_tune_blocks, lr_factor=cfg.model.fine_tune_lr_factor
+        ),
+        stage2,
+    ]
     build_trainer(cfg, callbacks, loggers, epochs).fit(module, datamodule=datamodule)
     if (stage2.best_model_score or 0.0) > best["val/acc"]:
         best = restore(module, stage2)
@@ -158,7 +204,9 @@ def fit_with_feature_cache(cfg, module, datamodule, loggers, checkpoint_dir: Pat
 def accuracy(predictor: Predictor, datamodule: ImageFolderDataModule, split: str) -> float:
     correct = total = 0
     dataset = datamodule.dataset(split)
-    for probabilities, targets in predictor.iter_dataset(dataset, datamodule.batch_size, datamodule.num_workers):
+    for probabilities, targets in predictor.iter_dataset(
+        dataset, datamodule.batch_size, datamodule.num_workers
+    ):
         correct += int((probabilities.argmax(1) == targets).sum())
         total += len(targets)
     return correct / max(total, 1)
@@ -175,18 +223,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: ImageFolderDataModule = build(cfg.data, preprocessing=preprocessing)
     classes = datamodule.scan()
     if len(classes) < 2:
-        raise ImgclfError(f"{datamodule.root / 'train'} has one class ({classes[0]}); a classifier needs at least two")
-    log.info("Classes (%d): %s; training images per class: %s", len(classes), ", ".join(classes),
-             datamodule.class_counts())
+        raise ImgclfError(
+            f"{datamodule.root / 'train'} has one class ({classes[0]}); a classifier needs at least two"
+        )
+    log.info(
+        "Classes (%d): %s; training images per class: %s",
+        len(classes),
+        ", ".join(classes),
+        datamodule.class_counts(),
+    )
 
     pretrained = bool(cfg.model.pretrained)
     if not pretrained:
-        log.warning("Training from scratch (model.pretrained=false): the whole network trains, "
-                    "expect lower accuracy than with ImageNet weights")
+        log.warning(
+            "Training from scratch (model.pretrained=false): the whole network trains, "
+            "expect lower accuracy than with ImageNet weights"
+        )
     if cfg.model.fine_tune and not pretrained:
         log.info("model.fine_tune ignored: without pretrained weights the whole network trains anyway")
     log.info("Instantiating model <%s>", cfg.model._target_)
-    module: ClassifierModule = build(cfg.model, num_classes=len(classes), class_counts=datamodule.class_counts())
+    module: ClassifierModule = build(
+        cfg.model, num_classes=len(classes), class_counts=datamodule.class_counts()
+    )
 
     epochs = int(cfg.trainer.max_epochs)
     fine_tune = pretrained and bool(cfg.model.fine_tune)
@@ -202,8 +260,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {"val/acc": best["val/acc"], "best_epoch": best["epoch"]}
     hparams = OmegaConf.to_container(cfg.model, resolve=True)
-    hparams.update({"image_size": int(cfg.data.image_size), "batch_size": int(cfg.data.batch_size),
-                    "augment": bool(cfg.data.augment), "max_epochs": epochs, "seed": int(cfg.seed)})
+    hparams.update(
+        {
+            "image_size": int(cfg.data.image_size),
+            "batch_size": int(cfg.data.batch_size),
+            "augment": bool(cfg.data.augment),
+            "max_epochs": epochs,
+            "seed": int(cfg.seed),
+        }
+    )
     if not cfg.get("save_model", True):  # a sweep trial: the checkpoint's val/acc is the answer
         print(f"val accuracy: {metrics['val/acc']:.4f} (best epoch {metrics['best_epoch']})")
         return metrics
@@ -211,8 +276,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     predictor = Predictor(module.model.cpu(), {"classes": classes, "preprocessing": preprocessing})
     metrics["train/acc"] = accuracy(predictor, datamodule, "train")
     metrics["val/acc"] = accuracy(predictor, datamodule, "val")
-    path = save_model(model_record(module.model, classes, preprocessing, hparams, metrics),
-                      Path(cfg.paths.model_dir) / "model.ckpt")
+    path = save_model(
+        model_record(module.model, classes, preprocessing, hparams, metrics),
+        Path(cfg.paths.model_dir) / "model.ckpt",
+    )
     log.info("Saved the model to %s", path)
     print(f"model: {path}")
     print(f"train accuracy: {metrics['train/acc']:.4f}")

@@ -36,7 +36,11 @@ def read_best_hparams(path: str | Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ImgclfError(f"{path} cannot be read ({str(exc).splitlines()[0]}); {fix}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("params"), dict) or not document["params"]:
+    if (
+        not isinstance(document, dict)
+        or not isinstance(document.get("params"), dict)
+        or not document["params"]
+    ):
         raise ImgclfError(f"{path} has no 'params' mapping of hyperparameters; {fix}")
     for key, value in document["params"].items():
         if not isinstance(value, (int, float, str, bool)):
@@ -66,8 +70,10 @@ def apply_best_hparams(cfg: DictConfig) -> DictConfig:
     applied = {}
     for key, value in document["params"].items():
         if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
-            raise ImgclfError(f"{path}: {key} is not a config key of train.py; rerun the sweep, "
-                              "fix the file, or pass use_best_hparams=false")
+            raise ImgclfError(
+                f"{path}: {key} is not a config key of train.py; rerun the sweep, "
+                "fix the file, or pass use_best_hparams=false"
+            )
         if key in explicit:
             log.info("%s=%s from the command line wins over %s", key, OmegaConf.select(cfg, key), path)
             continue
@@ -75,8 +81,12 @@ def apply_best_hparams(cfg: DictConfig) -> DictConfig:
             OmegaConf.update(cfg, key, value, merge=False)
         applied[key] = value
     score = document.get("value")
-    score_text = f", {document.get('metric', 'val/acc')} {score:.4f}" if isinstance(score, (int, float)) else ""
-    print(f"Using the best hyperparameters from {path}{score_text}: "
-          + ", ".join(f"{k}={v}" for k, v in applied.items())
-          + " (use_best_hparams=false trains with the defaults)")
+    score_text = (
+        f", {document.get('metric', 'val/acc')} {score:.4f}" if isinstance(score, (int, float)) else ""
+    )
+    print(
+        f"Using the best hyperparameters from {path}{score_text}: "
+        + ", ".join(f"{k}={v}" for k, v in applied.items())
+        + " (use_best_hparams=false trains with the defaults)"
+    )
     return cfg

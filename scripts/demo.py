@@ -32,9 +32,11 @@ def main() -> None:
         print(f"ImageNet weights found ({cached_weights_path()}): training the head on a frozen backbone.")
         model = ["model.pretrained=true", "model.optimizer.lr=1e-3", "data.image_size=150"]
     else:
-        print(f"No ImageNet weights in {cached_weights_path().parent} (this machine is offline): "
-              "training Inception v3 from scratch instead. With the weights, transfer learning "
-              "is faster and more accurate.")
+        print(
+            f"No ImageNet weights in {cached_weights_path().parent} (this machine is offline): "
+            "training Inception v3 from scratch instead. With the weights, transfer learning "
+            "is faster and more accurate."
+        )
         model = ["model.pretrained=false"]
     step("scripts/train.py", "+experiment=digits", *model)
     model_dir = "paths.model_dir=data/trained_model_digits"

@@ -102,7 +102,10 @@ def run_script(script: str, *overrides: str, timeout: int = 900, env: dict | Non
 
     return subprocess.run(
         [sys.executable, f"scripts/{script}.py", *overrides],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -111,8 +114,13 @@ def run_script(script: str, *overrides: str, timeout: int = 900, env: dict | Non
 def digits_model(tmp_path_factory, digits_root):
     """``scripts/train.py +experiment=digits`` on all ten classes: (model dir, the finished process)."""
     model_dir = tmp_path_factory.mktemp("digits_model")
-    result = run_script("train", "+experiment=digits", f"data.root={digits_root}",
-                        f"paths.model_dir={model_dir}", "trainer.max_epochs=4",
-                        f"paths.log_dir={model_dir / 'logs'}")
+    result = run_script(
+        "train",
+        "+experiment=digits",
+        f"data.root={digits_root}",
+        f"paths.model_dir={model_dir}",
+        "trainer.max_epochs=4",
+        f"paths.log_dir={model_dir / 'logs'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, result

@@ -42,16 +42,28 @@ def postgres_server() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
     port = free_port()
-    subprocess.run(_as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                                "--auth=trust", "-E", "UTF8"), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        ),
+        check=True,
+        capture_output=True,
+    )
     server = subprocess.Popen(
-        _as_postgres(str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-                     "-h", "127.0.0.1", "-k", str(base)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _as_postgres(
+            str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(base)
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
-        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             assert server.poll() is None, "PostgreSQL exited during start-up"
             assert time.monotonic() < deadline, "PostgreSQL did not start within 60 s"
             time.sleep(0.2)

@@ -6,11 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST_TRAIN, compose, run_script
+
 from imgclf.errors import ImgclfError
 from imgclf.train import train
-
 
 
 def copy_dataset(source: Path, target: Path) -> Path:
@@ -19,9 +18,11 @@ def copy_dataset(source: Path, target: Path) -> Path:
 
 
 def train_cfg(root: Path, tmp_path: Path, *extra: str):
-    return compose("train", FAST_TRAIN + ["debug=fast", f"data.root={root}",
-                                          f"paths.model_dir={tmp_path / 'model'}", *extra],
-                   output_dir=tmp_path)
+    return compose(
+        "train",
+        FAST_TRAIN + ["debug=fast", f"data.root={root}", f"paths.model_dir={tmp_path / 'model'}", *extra],
+        output_dir=tmp_path,
+    )
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -41,8 +42,7 @@ def test_missing_val_split(tmp_path, small_digits_root):
 
 
 def test_missing_dataset_points_to_the_scraper(tmp_path):
-    result = run_script("train", "+experiment=hockey", "model.pretrained=false",
-                        f"paths.data_dir={tmp_path}")
+    result = run_script("train", "+experiment=hockey", "model.pretrained=false", f"paths.data_dir={tmp_path}")
     assert_one_line_error(result, str(tmp_path / "hockey_dataset"), "scripts/scrape.py")
 
 
@@ -108,6 +108,11 @@ def test_classify_without_a_model(tmp_path):
 def test_eval_with_classes_the_model_does_not_know(tmp_path, tiny_model, small_digits_root):
     root = copy_dataset(small_digits_root, tmp_path / "data")
     (root / "test" / "7").rename(root / "test" / "8")
-    result = run_script("eval", "split=test", f"data.root={root}", f"ckpt_path={tiny_model}",
-                        f"report_dir={tmp_path / 'report'}")
+    result = run_script(
+        "eval",
+        "split=test",
+        f"data.root={root}",
+        f"ckpt_path={tiny_model}",
+        f"report_dir={tmp_path / 'report'}",
+    )
     assert_one_line_error(result, "8")

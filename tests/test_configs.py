@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from imgclf.config import build
+from conftest import compose
 from omegaconf import OmegaConf
 
-from conftest import compose
+from imgclf.config import build
 
 CONTRACT_DEFAULTS = {
     "data.root": "data/image_dataset",
@@ -37,11 +37,21 @@ def test_train_defaults_match_the_contract(tmp_path):
 
 def test_contract_keys_accept_overrides(tmp_path):
     overrides = [
-        "data.root=/x", "data.image_size=128", "data.batch_size=8", "data.augment=false",
-        "model.pretrained=false", "model.head.hidden_size=64", "model.head.num_layers=2",
-        "model.head.dropout=0.5", "model.head.activation=tanh", "model.optimizer.lr=0.01",
-        "model.fine_tune=true", "model.class_weighting=true", "trainer.max_epochs=2",
-        "paths.model_dir=/m", "seed=7",
+        "data.root=/x",
+        "data.image_size=128",
+        "data.batch_size=8",
+        "data.augment=false",
+        "model.pretrained=false",
+        "model.head.hidden_size=64",
+        "model.head.num_layers=2",
+        "model.head.dropout=0.5",
+        "model.head.activation=tanh",
+        "model.optimizer.lr=0.01",
+        "model.fine_tune=true",
+        "model.class_weighting=true",
+        "trainer.max_epochs=2",
+        "paths.model_dir=/m",
+        "seed=7",
     ]
     cfg = compose("train", overrides, output_dir=tmp_path)
     for override in overrides:

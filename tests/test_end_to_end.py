@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_script
 
 
@@ -18,8 +17,9 @@ def test_digits_train_eval_classify(tmp_path, digits_root, digits_model):
     record = torch.load(model_dir / "model.ckpt", weights_only=True)
     assert record["classes"] == [str(d) for d in range(10)]
 
-    evaluation = run_script("eval", "split=test", f"data.root={digits_root}",
-                            f"paths.model_dir={model_dir}", logs)
+    evaluation = run_script(
+        "eval", "split=test", f"data.root={digits_root}", f"paths.model_dir={model_dir}", logs
+    )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     accuracy = float(evaluation.stdout.split("accuracy: ")[1].split()[0])
     assert accuracy >= 0.9

@@ -22,8 +22,19 @@ from imgclf.predict import Predictor
 
 
 def eval_cfg(model: Path, root: Path, report_dir: Path, *extra: str):
-    return compose("eval", ["split=test", f"ckpt_path={model}", f"data.root={root}", "precision=fp32",
-                            "num_workers=0", "batch_size=8", f"report_dir={report_dir}", *extra])
+    return compose(
+        "eval",
+        [
+            "split=test",
+            f"ckpt_path={model}",
+            f"data.root={root}",
+            "precision=fp32",
+            "num_workers=0",
+            "batch_size=8",
+            f"report_dir={report_dir}",
+            *extra,
+        ],
+    )
 
 
 def direct_outputs(predictor: Predictor, root: Path):
@@ -46,7 +57,7 @@ def ten_crop_probabilities(predictor: Predictor, path: Path) -> np.ndarray:
     crop, (height, width) = pre["crop"], image.shape[-2:]
     top, left = round((height - crop) / 2), round((width - crop) / 2)
     corners = [(0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop), (top, left)]
-    views = [image[:, y:y + crop, x:x + crop] for y, x in corners]
+    views = [image[:, y : y + crop, x : x + crop] for y, x in corners]
     views += [v.flip(-1) for v in views]
     return predictor.predict_batch(torch.stack(views)).mean(0).numpy()
 
@@ -91,14 +102,17 @@ def test_numbers_agree_with_a_direct_computation(evaluated, tiny_model, small_di
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         got = metrics["per_class"][name]
         assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
-            (precision, recall, f1, matrix[i].sum()))
+            (precision, recall, f1, matrix[i].sum())
+        )
 
     ece = expected_calibration_error(probabilities, targets, 15)
     assert metrics["calibration"]["ece"] == pytest.approx(ece, abs=1e-5)
     assert sum(b["count"] for b in metrics["calibration"]["bins"]) == len(paths)
 
-    off_diagonal = sorted(((matrix[i, j], i, j) for i in range(k) for j in range(k) if i != j and matrix[i, j]),
-                          key=lambda c: -c[0])
+    off_diagonal = sorted(
+        ((matrix[i, j], i, j) for i in range(k) for j in range(k) if i != j and matrix[i, j]),
+        key=lambda c: -c[0],
+    )
     assert [p["count"] for p in metrics["most_confused"]] == [c[0] for c in off_diagonal]
 
     # Losses use the report's convention: p clipped at 1e-12, so a certain mistake costs 27.6.
@@ -130,7 +144,10 @@ def test_report_math_on_known_arrays():
     assert result["ece"] > 0.01
     matrix = [[5, 1, 0], [7, 2, 3], [0, 3, 9]]
     assert [(p["true"], p["predicted"], p["count"]) for p in most_confused_pairs(matrix, "abc", 3)] == [
-        ("b", "a", 7), ("b", "c", 3), ("c", "b", 3)]
+        ("b", "a", 7),
+        ("b", "c", 3),
+        ("c", "b", 3),
+    ]
     assert most_confused_pairs(matrix, "abc")[0]["fraction_of_true"] == pytest.approx(7 / 12)
     order = top_losses(probabilities, targets, 5)
     true_p = probabilities[np.arange(400), targets]

@@ -62,11 +62,18 @@ def plant_problems(source: Path, root: Path) -> dict[str, set[str]]:
         image.rename(target)
         expected["suspect_label"].add(rel(target))
 
-    write_manifest(root, [
-        {"path": rel(leaked), "source_url": "https://example.test/three.png",
-         "page_url": "https://example.test/page", "search_term": "three"},
-        {"path": "train/2/2_notes.jpg", "source_url": "javascript:alert(1)", "search_term": "two"},
-    ])
+    write_manifest(
+        root,
+        [
+            {
+                "path": rel(leaked),
+                "source_url": "https://example.test/three.png",
+                "page_url": "https://example.test/page",
+                "search_term": "three",
+            },
+            {"path": "train/2/2_notes.jpg", "source_url": "javascript:alert(1)", "search_term": "two"},
+        ],
+    )
     return expected
 
 
@@ -117,17 +124,26 @@ def test_counts_and_notes(planted):
     assert result["classes"] == [str(d) for d in range(10)]
     findings = json.loads((Path(str(root) + "_review") / "findings.json").read_text())
     assert findings["flag_counts"]["leakage"] == 1
-    assert sum(findings["counts"]["train"].values()) == sum(
-        1 for p in (root / "train").rglob("*") if p.is_file()) - 2  # the two broken files
+    assert (
+        sum(findings["counts"]["train"].values())
+        == sum(1 for p in (root / "train").rglob("*") if p.is_file()) - 2
+    )  # the two broken files
 
 
 def test_dataset_notes_name_imbalance_small_and_missing_classes():
-    notes = dataset_notes({"train": {"a": 100, "b": 20, "c": 0}, "val": {"a": 30, "b": 30, "c": 30}},
-                          imbalance_ratio=3.0, min_class_images=25)
-    assert notes == ["train: no usable images of c",
-                     "train: classes with fewer than 25 images: b (20)",
-                     ("train: class imbalance 5.0:1 (a has 100, b has 20); consider more images of "
-                      "the small classes or model.class_weighting=true")]
+    notes = dataset_notes(
+        {"train": {"a": 100, "b": 20, "c": 0}, "val": {"a": 30, "b": 30, "c": 30}},
+        imbalance_ratio=3.0,
+        min_class_images=25,
+    )
+    assert notes == [
+        "train: no usable images of c",
+        "train: classes with fewer than 25 images: b (20)",
+        (
+            "train: class imbalance 5.0:1 (a has 100, b has 20); consider more images of "
+            "the small classes or model.class_weighting=true"
+        ),
+    ]
 
 
 def test_report_renders_in_chromium(planted, chromium_path, tmp_path):
@@ -138,8 +154,15 @@ def test_report_renders_in_chromium(planted, chromium_path, tmp_path):
     assert "https://example.test/three.png" in html
     from playwright.sync_api import sync_playwright
 
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-sync",
+    ]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path, headless=True, args=args)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -148,7 +171,8 @@ def test_report_renders_in_chromium(planted, chromium_path, tmp_path):
         page.goto(page_path.as_uri(), wait_until="load")
         sources = page.evaluate("() => [...document.images].map(i => i.src.slice(0, 23))")
         broken = page.evaluate(
-            "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
+            "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)"
+        )
         image_count = page.evaluate("() => document.images.length")
         summary = page.inner_text("#summary")
         counts = {reason: page.inner_text(f"#reason-{reason} .count") for reason in expected}
@@ -197,7 +221,16 @@ def test_backbone_features_path_runs(tmp_path, small_digits_root):
     """The real feature path (random weights offline): it runs and judges every image."""
     root = tmp_path / "data"
     shutil.copytree(small_digits_root, root)
-    cfg = compose("review", [f"data.root={root}", "labels.features=both", "model.pretrained=false",
-                             "model.image_size=75", "model.num_workers=0", "model.batch_size=30"])
+    cfg = compose(
+        "review",
+        [
+            f"data.root={root}",
+            "labels.features=both",
+            "model.pretrained=false",
+            "model.image_size=75",
+            "model.num_workers=0",
+            "model.batch_size=30",
+        ],
+    )
     result = review(cfg)
     assert result["images"] == 90 and "labels" in result["seconds"]

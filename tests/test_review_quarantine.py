@@ -17,8 +17,11 @@ NO_LABELS = ["labels.enabled=false"]
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -45,7 +48,9 @@ def _tiny_png() -> bytes:
 
 
 def run(root: Path, tmp_path: Path, *overrides: str) -> dict:
-    return review(compose("review", NO_LABELS + [f"data.root={root}", *overrides], output_dir=tmp_path / "run"))
+    return review(
+        compose("review", NO_LABELS + [f"data.root={root}", *overrides], output_dir=tmp_path / "run")
+    )
 
 
 def test_quarantine_moves_exactly_the_chosen_flags_and_undo_restores(dataset, tmp_path):
@@ -104,7 +109,13 @@ def test_script_quarantines_and_undoes(dataset, tmp_path):
     import sys
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "review.py"
-    common = [sys.executable, str(script), f"data.root={dataset}", *NO_LABELS, f"hydra.run.dir={tmp_path / 'h'}"]
+    common = [
+        sys.executable,
+        str(script),
+        f"data.root={dataset}",
+        *NO_LABELS,
+        f"hydra.run.dir={tmp_path / 'h'}",
+    ]
     done = subprocess.run(common + ["fix=quarantine"], capture_output=True, text=True, check=True)
     assert "quarantined 3 file(s)" in done.stdout and "report: " in done.stdout
     undone = subprocess.run(common + ["undo=true"], capture_output=True, text=True, check=True)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 from PIL import Image
 from scrape_fixture import GoogleQuery

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_TRAIN, REPO_ROOT, compose, run_script, train_model
 from torchvision.models import inception_v3
 
-from conftest import FAST_TRAIN, REPO_ROOT, compose, run_script, train_model
 from imgclf.checkpoint import FORMAT, load_model
 from imgclf.errors import ImgclfError
 from imgclf.model import build_classifier, cached_weights_path, preprocessing_for
@@ -30,8 +30,11 @@ def save_imagenet_like_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fast_dev_run(tmp_path, small_digits_root):
-    cfg = compose("train", FAST_TRAIN + ["debug=fast", f"data.root={small_digits_root}",
-                                         f"paths.model_dir={tmp_path}"], output_dir=tmp_path)
+    cfg = compose(
+        "train",
+        FAST_TRAIN + ["debug=fast", f"data.root={small_digits_root}", f"paths.model_dir={tmp_path}"],
+        output_dir=tmp_path,
+    )
     metrics = train(cfg)
     assert "train/loss" in metrics and "val/acc" in metrics
     assert not (tmp_path / "model.ckpt").exists()
@@ -43,8 +46,12 @@ def test_checkpoint_is_self_describing(tiny_model):
     assert record["classes"] == ["0", "1", "7"]
     assert record["preprocessing"] == preprocessing_for(75)
     assert record["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert record["architecture"]["head"] == {"hidden_size": 1024, "num_layers": 1, "dropout": 0.0,
-                                              "activation": "relu"}
+    assert record["architecture"]["head"] == {
+        "hidden_size": 1024,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "activation": "relu",
+    }
     assert record["hparams"]["optimizer"]["lr"] == pytest.approx(1e-3)
     assert record["hparams"]["image_size"] == 75
     assert 0.0 <= record["metrics"]["val/acc"] <= 1.0
@@ -59,7 +66,9 @@ def test_loads_a_local_imagenet_state_dict(tmp_path):
     model = build_classifier(4, pretrained=True, weights_path=str(tmp_path / "inception.pth"))
     loaded = model.backbone.state_dict()
     assert torch.equal(loaded["Conv2d_1a_3x3.conv.weight"], state["Conv2d_1a_3x3.conv.weight"])
-    assert torch.equal(loaded["Mixed_7c.branch_pool.bn.running_var"], state["Mixed_7c.branch_pool.bn.running_var"])
+    assert torch.equal(
+        loaded["Mixed_7c.branch_pool.bn.running_var"], state["Mixed_7c.branch_pool.bn.running_var"]
+    )
 
 
 def test_uses_the_torch_cache(tmp_path, monkeypatch):
@@ -69,8 +78,9 @@ def test_uses_the_torch_cache(tmp_path, monkeypatch):
     target.parent.mkdir(parents=True)
     state = save_imagenet_like_state_dict(target)
     model = build_classifier(2, pretrained=True, allow_download=False)
-    assert torch.equal(model.backbone.state_dict()["Mixed_6a.branch3x3.conv.weight"],
-                       state["Mixed_6a.branch3x3.conv.weight"])
+    assert torch.equal(
+        model.backbone.state_dict()["Mixed_6a.branch3x3.conv.weight"], state["Mixed_6a.branch3x3.conv.weight"]
+    )
 
 
 def test_bad_weights_file(tmp_path):
@@ -81,8 +91,13 @@ def test_bad_weights_file(tmp_path):
 
 
 def test_missing_weights_fail_fast_with_a_fix(tmp_path, small_digits_root):
-    result = run_script("train", f"data.root={small_digits_root}", f"paths.model_dir={tmp_path}",
-                        "model.allow_download=false", env={"TORCH_HOME": str(tmp_path / "empty")})
+    result = run_script(
+        "train",
+        f"data.root={small_digits_root}",
+        f"paths.model_dir={tmp_path}",
+        "model.allow_download=false",
+        env={"TORCH_HOME": str(tmp_path / "empty")},
+    )
     assert result.returncode == 2
     # it stops before reading any data or building the network
     assert "Instantiating datamodule" not in result.stdout + result.stderr
@@ -94,26 +109,43 @@ def test_missing_weights_fail_fast_with_a_fix(tmp_path, small_digits_root):
 def test_staged_fine_tuning_freezes_then_unfreezes_the_top(tmp_path, small_digits_root):
     weights = tmp_path / "inception.pth"
     state = save_imagenet_like_state_dict(weights)
-    model_path = train_model(small_digits_root, tmp_path / "model", [
-        "model.pretrained=true", f"model.weights_path={weights}", "model.fine_tune=true",
-        "trainer.max_epochs=1", "data.batch_size=30"])
+    model_path = train_model(
+        small_digits_root,
+        tmp_path / "model",
+        [
+            "model.pretrained=true",
+            f"model.weights_path={weights}",
+            "model.fine_tune=true",
+            "trainer.max_epochs=1",
+            "data.batch_size=30",
+        ],
+    )
     trained = torch.load(model_path, weights_only=True)
     assert trained["metrics"]["best_epoch"] in (0, 1)
-    weights_after = {k.removeprefix("backbone."): v for k, v in trained["state_dict"].items()
-                     if k.startswith("backbone.")}
+    weights_after = {
+        k.removeprefix("backbone."): v for k, v in trained["state_dict"].items() if k.startswith("backbone.")
+    }
     # Stage 1 and 2 never touch the lower blocks, nor any BatchNorm statistics.
     assert torch.equal(weights_after["Conv2d_1a_3x3.conv.weight"], state["Conv2d_1a_3x3.conv.weight"])
-    assert torch.equal(weights_after["Mixed_6e.branch1x1.conv.weight"], state["Mixed_6e.branch1x1.conv.weight"])
-    assert torch.equal(weights_after["Mixed_7c.branch1x1.bn.running_mean"], state["Mixed_7c.branch1x1.bn.running_mean"])
+    assert torch.equal(
+        weights_after["Mixed_6e.branch1x1.conv.weight"], state["Mixed_6e.branch1x1.conv.weight"]
+    )
+    assert torch.equal(
+        weights_after["Mixed_7c.branch1x1.bn.running_mean"], state["Mixed_7c.branch1x1.bn.running_mean"]
+    )
     if trained["metrics"]["best_epoch"] == 1:  # the best epoch came from stage 2
-        assert not torch.equal(weights_after["Mixed_7c.branch1x1.conv.weight"],
-                               state["Mixed_7c.branch1x1.conv.weight"])
+        assert not torch.equal(
+            weights_after["Mixed_7c.branch1x1.conv.weight"], state["Mixed_7c.branch1x1.conv.weight"]
+        )
 
 
 def test_class_weighting_uses_inverse_frequency(tmp_path, small_digits_root):
     assert inverse_frequency_weights([10, 30]).tolist() == pytest.approx([2.0, 2 / 3])
-    cfg = compose("train", FAST_TRAIN + ["model.class_weighting=true", f"data.root={small_digits_root}"],
-                  output_dir=tmp_path)
+    cfg = compose(
+        "train",
+        FAST_TRAIN + ["model.class_weighting=true", f"data.root={small_digits_root}"],
+        output_dir=tmp_path,
+    )
     from imgclf.config import build
 
     module = build(cfg.model, num_classes=3, class_counts=[18, 9, 18])
@@ -121,10 +153,19 @@ def test_class_weighting_uses_inverse_frequency(tmp_path, small_digits_root):
 
 
 def test_resumes_after_a_kill(tmp_path, small_digits_root):
-    args = [*FAST_TRAIN, f"data.root={small_digits_root}", f"paths.model_dir={tmp_path}",
-            "trainer.max_epochs=8", f"paths.log_dir={tmp_path / 'logs'}"]
-    process = subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        *FAST_TRAIN,
+        f"data.root={small_digits_root}",
+        f"paths.model_dir={tmp_path}",
+        "trainer.max_epochs=8",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -144,9 +185,15 @@ def test_resumes_after_a_kill(tmp_path, small_digits_root):
 
 
 def test_two_process_cpu_ddp(tmp_path, small_digits_root):
-    result = run_script("train", *FAST_TRAIN, "trainer=ddp_cpu", f"data.root={small_digits_root}",
-                        f"paths.model_dir={tmp_path}", "trainer.max_epochs=1",
-                        f"paths.log_dir={tmp_path / 'logs'}")
+    result = run_script(
+        "train",
+        *FAST_TRAIN,
+        "trainer=ddp_cpu",
+        f"data.root={small_digits_root}",
+        f"paths.model_dir={tmp_path}",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val accuracy:" in result.stdout
     assert torch.load(tmp_path / "model.ckpt", weights_only=True)["classes"] == ["0", "1", "7"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,16 +12,19 @@ import optuna
 import pytest
 import torch
 import yaml
-from optuna.trial import TrialState
-
 from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
-from imgclf.errors import ImgclfError
-from imgclf.train import train
+from optuna.trial import TrialState
 from postgres import postgres_bin, postgres_server
 
+from imgclf.errors import ImgclfError
+from imgclf.train import train
+
 # Trials stay small: 1-2 epochs of a frozen backbone on cached features, no stage 2.
-SMALL_SEARCH = ["trainer.max_epochs=int(interval(1,2))", "model.fine_tune=false",
-                "model.head.hidden_size=int(interval(6,64))"]
+SMALL_SEARCH = [
+    "trainer.max_epochs=int(interval(1,2))",
+    "model.fine_tune=false",
+    "model.head.hidden_size=int(interval(6,64))",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +32,31 @@ def backbone_weights(tmp_path_factory, digits_model) -> Path:
     """A state dict in torchvision's layout whose features separate digits: the backbone of an
     Inception v3 trained on them (ImageNet weights cannot be downloaded in CI)."""
     record = torch.load(digits_model[0] / "model.ckpt", weights_only=True)
-    state = {k.removeprefix("backbone."): v for k, v in record["state_dict"].items() if k.startswith("backbone.")}
+    state = {
+        k.removeprefix("backbone."): v for k, v in record["state_dict"].items() if k.startswith("backbone.")
+    }
     path = tmp_path_factory.mktemp("weights") / "backbone.pth"
     torch.save(state, path)
     return path
 
 
 def sweep_args(root: Path, model_dir: Path, weights: Path, n_trials: int, *extra: str) -> list[str]:
-    return ["-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={n_trials}", f"data.root={root}",
-            f"paths.model_dir={model_dir}", f"model.weights_path={weights}", "data.image_size=75",
-            "data.num_workers=0", "data.augment=false", f"paths.cache_dir={model_dir / 'cache'}",
-            f"paths.log_dir={model_dir / 'logs'}", "callbacks=none", *SMALL_SEARCH, *extra]
+    return [
+        "-m",
+        "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"data.root={root}",
+        f"paths.model_dir={model_dir}",
+        f"model.weights_path={weights}",
+        "data.image_size=75",
+        "data.num_workers=0",
+        "data.augment=false",
+        f"paths.cache_dir={model_dir / 'cache'}",
+        f"paths.log_dir={model_dir / 'logs'}",
+        "callbacks=none",
+        *SMALL_SEARCH,
+        *extra,
+    ]
 
 
 def study(model_dir: Path, storage: str | None = None) -> optuna.Study:
@@ -57,16 +73,28 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
     document = yaml.safe_load((model_dir / "best_hparams.yaml").read_text())
     assert document["value"] == pytest.approx(best.value)
     assert document["params"] == best.params
-    assert set(best.params) == {"trainer.max_epochs", "model.head.hidden_size", "model.optimizer.lr",
-                                "model.head.dropout", "model.head.num_layers", "model.head.activation",
-                                "model.class_weighting"}
+    assert set(best.params) == {
+        "trainer.max_epochs",
+        "model.head.hidden_size",
+        "model.optimizer.lr",
+        "model.head.dropout",
+        "model.head.num_layers",
+        "model.head.activation",
+        "model.class_weighting",
+    }
     assert "best trials by val/acc" in result.stdout
 
     # the command line wins over best_hparams.yaml, so leave the searched keys off it
     fast = [o for o in FAST_TRAIN if not o.startswith("model.optimizer.lr")]
-    common = [*fast, f"data.root={small_digits_root}", f"paths.model_dir={model_dir}",
-              f"paths.log_dir={tmp_path / 'logs'}", "model.pretrained=true",
-              f"model.weights_path={backbone_weights}", f"paths.cache_dir={model_dir / 'cache'}"]
+    common = [
+        *fast,
+        f"data.root={small_digits_root}",
+        f"paths.model_dir={model_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "model.pretrained=true",
+        f"model.weights_path={backbone_weights}",
+        f"paths.cache_dir={model_dir / 'cache'}",
+    ]
     applied = run_script("train", *common)
     assert applied.returncode == 0, applied.stderr[-3000:]
     assert f"Using the best hyperparameters from {model_dir / 'best_hparams.yaml'}" in applied.stdout
@@ -84,12 +112,18 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
 def test_interrupted_sweep_resumes_the_same_study(tmp_path, small_digits_root, backbone_weights):
     model_dir = tmp_path / "model"
     args = sweep_args(small_digits_root, model_dir, backbone_weights, 4)
-    process = subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and process.poll() is None:
         try:  # never create the database here: only read one the sweep has made
-            counts = [t.state for t in study(model_dir).get_trials()] if (model_dir / "optuna.db").exists() else []
+            counts = (
+                [t.state for t in study(model_dir).get_trials()] if (model_dir / "optuna.db").exists() else []
+            )
         except Exception:  # the sweep is still creating its tables
             counts = []
         if counts.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in counts:
@@ -117,10 +151,18 @@ def test_two_processes_share_a_postgresql_study(tmp_path, small_digits_root, bac
     with postgres_server() as url:
         workers = []
         for name in ("a", "b"):
-            args = sweep_args(small_digits_root, tmp_path / name, backbone_weights, 4,
-                              f"hydra.sweeper.storage={url}")
-            workers.append(subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO_ROOT,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            args = sweep_args(
+                small_digits_root, tmp_path / name, backbone_weights, 4, f"hydra.sweeper.storage={url}"
+            )
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "scripts/train.py", *args],
+                    cwd=REPO_ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [w.communicate(timeout=600)[0] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
         trials = study(tmp_path, storage=url).get_trials()
@@ -135,10 +177,21 @@ def test_feature_cache_is_reused_and_invalidated(tmp_path, small_digits_root, ba
     cache = tmp_path / "cache"
 
     def run(*extra: str) -> dict:
-        cfg = compose("train", FAST_TRAIN + [
-            "model.pretrained=true", f"model.weights_path={backbone_weights}", f"data.root={small_digits_root}",
-            f"paths.model_dir={tmp_path / 'model'}", f"paths.cache_dir={cache}", "trainer.max_epochs=1",
-            "save_model=false", *extra], output_dir=tmp_path)
+        cfg = compose(
+            "train",
+            FAST_TRAIN
+            + [
+                "model.pretrained=true",
+                f"model.weights_path={backbone_weights}",
+                f"data.root={small_digits_root}",
+                f"paths.model_dir={tmp_path / 'model'}",
+                f"paths.cache_dir={cache}",
+                "trainer.max_epochs=1",
+                "save_model=false",
+                *extra,
+            ],
+            output_dir=tmp_path,
+        )
         with caplog.at_level("INFO"):
             caplog.clear()
             metrics = train(cfg)
@@ -161,11 +214,21 @@ def test_feature_cache_is_reused_and_invalidated(tmp_path, small_digits_root, ba
 
 def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weights):
     def val_acc(cache: bool) -> float:
-        cfg = compose("train", FAST_TRAIN + [
-            "model.pretrained=true", f"model.weights_path={backbone_weights}", f"data.root={digits_root}",
-            f"paths.model_dir={tmp_path / str(cache)}", f"paths.cache_dir={tmp_path / 'cache'}",
-            "trainer.max_epochs=2", "save_model=false", f"features.cache={str(cache).lower()}"],
-            output_dir=tmp_path)
+        cfg = compose(
+            "train",
+            FAST_TRAIN
+            + [
+                "model.pretrained=true",
+                f"model.weights_path={backbone_weights}",
+                f"data.root={digits_root}",
+                f"paths.model_dir={tmp_path / str(cache)}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                "trainer.max_epochs=2",
+                "save_model=false",
+                f"features.cache={str(cache).lower()}",
+            ],
+            output_dir=tmp_path,
+        )
         return train(cfg)["val/acc"]
 
     cached, uncached = val_acc(True), val_acc(False)
@@ -173,12 +236,20 @@ def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weig
     assert abs(cached - uncached) < 0.05
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("model.head.hiden_size=int(interval(8,64))", "model.head.hiden_size is not a config key"),
-    ("model.optimizer.lr=tag(log,interval(0.1,0.001))", "model.optimizer.lr=tag(log,interval(0.1,0.001))"),
-    ("model.head.dropout=interval(0.0,-0.5)", "model.head.dropout=interval(0.0,-0.5)"),
-])
-def test_bad_search_space_fails_before_any_trial(tmp_path, small_digits_root, backbone_weights, entry, message):
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("model.head.hiden_size=int(interval(8,64))", "model.head.hiden_size is not a config key"),
+        (
+            "model.optimizer.lr=tag(log,interval(0.1,0.001))",
+            "model.optimizer.lr=tag(log,interval(0.1,0.001))",
+        ),
+        ("model.head.dropout=interval(0.0,-0.5)", "model.head.dropout=interval(0.0,-0.5)"),
+    ],
+)
+def test_bad_search_space_fails_before_any_trial(
+    tmp_path, small_digits_root, backbone_weights, entry, message
+):
     model_dir = tmp_path / "model"
     result = run_script("train", *sweep_args(small_digits_root, model_dir, backbone_weights, 2), entry)
     assert result.returncode == 2
@@ -190,21 +261,31 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, small_digits_root, ba
 
 def test_a_crashing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, small_digits_root, backbone_weights):
     model_dir = tmp_path / "model"
-    result = run_script("train", *sweep_args(small_digits_root, model_dir, backbone_weights, 2,
-                                             "model.head.activation=choice(relu,sigmoidal)"))
+    result = run_script(
+        "train",
+        *sweep_args(
+            small_digits_root, model_dir, backbone_weights, 2, "model.head.activation=choice(relu,sigmoidal)"
+        ),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     states = [t.state for t in study(model_dir).get_trials()]
     assert states.count(TrialState.COMPLETE) == 2
     failed = [t for t in study(model_dir).get_trials() if t.state == TrialState.FAIL]
+    assert failed, "the seeded sampler is expected to propose the broken activation"
     assert all(t.params["model.head.activation"] == "sigmoidal" for t in failed)
 
 
-@pytest.mark.parametrize("content", ["params: {model.optimizer.lr: 0.01", "", "params: []", "params: {model.nope: 1}"])
+@pytest.mark.parametrize(
+    "content", ["params: {model.optimizer.lr: 0.01", "", "params: []", "params: {model.nope: 1}"]
+)
 def test_broken_best_hparams_is_an_error(tmp_path, small_digits_root, content):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "best_hparams.yaml").write_text(content)
-    cfg = compose("train", FAST_TRAIN + [f"data.root={small_digits_root}", f"paths.model_dir={model_dir}"],
-                  output_dir=tmp_path)
+    cfg = compose(
+        "train",
+        FAST_TRAIN + [f"data.root={small_digits_root}", f"paths.model_dir={model_dir}"],
+        output_dir=tmp_path,
+    )
     with pytest.raises(ImgclfError, match="best_hparams.yaml.*use_best_hparams=false"):
         train(cfg)

@@ -50,7 +50,9 @@ def is_exact(a: ScannedImage, b: ScannedImage) -> bool:
     return a.sha256 == b.sha256 or a.pixel_sha256 == b.pixel_sha256
 
 
-def duplicate_groups(images: list[ScannedImage], max_distance: int, max_difference: float) -> list[list[ScannedImage]]:
+def duplicate_groups(
+    images: list[ScannedImage], max_distance: int, max_difference: float
+) -> list[list[ScannedImage]]:
     """Groups of two or more usable images that show the same picture."""
     usable = [im for im in images if im.usable]
     groups = _Groups(len(usable))
@@ -79,10 +81,13 @@ def group_flags(group: list[ScannedImage]) -> list[Flag]:
     labels = sorted({im.label for im in group})
     if len(labels) > 1:
         return [
-            Flag(im.key, "label_conflict",
-                 f"same picture filed under {', '.join(labels)}: "
-                 + ", ".join(o.key for o in group if o is not im),
-                 other=next(o.key for o in group if o is not im))
+            Flag(
+                im.key,
+                "label_conflict",
+                f"same picture filed under {', '.join(labels)}: "
+                + ", ".join(o.key for o in group if o is not im),
+                other=next(o.key for o in group if o is not im),
+            )
             for im in group
         ]
     keeper = _keeper(group)
@@ -94,8 +99,15 @@ def group_flags(group: list[ScannedImage]) -> list[Flag]:
         kind = "exact" if exact else f"near (pHash {hamming(im.phash, keeper.phash)} bits apart)"
         reason = "leakage" if im.split != keeper.split else "exact_duplicate" if exact else "near_duplicate"
         where = f" in {keeper.split}" if reason == "leakage" else ""
-        flags.append(Flag(im.key, reason, f"{kind} copy of {keeper.key}{where}", other=keeper.key,
-                          score=float(hamming(im.phash, keeper.phash))))
+        flags.append(
+            Flag(
+                im.key,
+                reason,
+                f"{kind} copy of {keeper.key}{where}",
+                other=keeper.key,
+                score=float(hamming(im.phash, keeper.phash)),
+            )
+        )
     return flags
 
 

@@ -58,7 +58,9 @@ def class_counts(images: list, splits: list[str], classes: list[str]) -> dict[st
     return {split: {label: counted[split, label] for label in classes} for split in splits}
 
 
-def dataset_notes(counts: dict[str, dict[str, int]], imbalance_ratio: float, min_class_images: int) -> list[str]:
+def dataset_notes(
+    counts: dict[str, dict[str, int]], imbalance_ratio: float, min_class_images: int
+) -> list[str]:
     """Problems of the dataset as a whole: imbalance, tiny classes, classes missing from a split."""
     notes = []
     for split, per_class in counts.items():

@@ -72,8 +72,10 @@ class Thumbnails:
         uri = self.uri(key)
         side = self.side
         if uri is None:
-            return (f'<div class="broken" style="width:{side}px;height:{side}px" '
-                    f'title="{html.escape(title or key)}">cannot decode</div>')
+            return (
+                f'<div class="broken" style="width:{side}px;height:{side}px" '
+                f'title="{html.escape(title or key)}">cannot decode</div>'
+            )
         return f'<img src="{uri}" alt="{html.escape(key)}" title="{html.escape(title or key)}">'
 
 
@@ -92,7 +94,9 @@ def _counts_table(counts: dict[str, dict[str, int]], flagged: dict[str, dict[str
         cells = "".join(
             f"<td>{counts[s].get(label, 0)}"
             + (f' <span class="muted">({flagged[s][label]} flagged)</span>' if flagged[s].get(label) else "")
-            + "</td>" for s in splits)
+            + "</td>"
+            for s in splits
+        )
         rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
     return f'<table id="counts"><tr><th>class</th>{head}</tr>{"".join(rows)}</table>'
 
@@ -102,22 +106,36 @@ def _card(flag: Flag, by_key: dict[str, ScannedImage], thumbs: Thumbnails, quara
     if flag.other in by_key:  # the other copy of a duplicate (a suspect label names a class)
         pair += thumbs.tag(flag.other, f"compared with {flag.other}")
     source = by_key[flag.path].source
-    links = " ".join(x for x in (_link(source.get("source_url"), "image source"),
-                                 _link(source.get("page_url"), "page")) if x)
-    term = f'<p class="muted">search term: {html.escape(str(source["search_term"]))}</p>' if source.get("search_term") else ""
+    links = " ".join(
+        x
+        for x in (_link(source.get("source_url"), "image source"), _link(source.get("page_url"), "page"))
+        if x
+    )
+    term = (
+        f'<p class="muted">search term: {html.escape(str(source["search_term"]))}</p>'
+        if source.get("search_term")
+        else ""
+    )
     moved = '<p><span class="badge">quarantined</span></p>' if flag.path in quarantined else ""
-    return (f'<div class="card" data-reason="{flag.reason}"><div class="pair">{pair}</div>'
-            f"<p><b>{html.escape(flag.path)}</b></p><p>{html.escape(flag.detail)}</p>"
-            f"{term}{f'<p>{links}</p>' if links else ''}{moved}</div>")
+    return (
+        f'<div class="card" data-reason="{flag.reason}"><div class="pair">{pair}</div>'
+        f"<p><b>{html.escape(flag.path)}</b></p><p>{html.escape(flag.detail)}</p>"
+        f"{term}{f'<p>{links}</p>' if links else ''}{moved}</div>"
+    )
 
 
-def _contact_sheet(label: str, images: list[ScannedImage], reasons: dict[str, list[str]],
-                   thumbs: Thumbnails, limit: int) -> str:
+def _contact_sheet(
+    label: str, images: list[ScannedImage], reasons: dict[str, list[str]], thumbs: Thumbnails, limit: int
+) -> str:
     by_split = defaultdict(list)
     for image in images:
         by_split[image.split].append(image)
-    parts = [(f'<section class="class" id="class-{html.escape(label)}"><h2>{html.escape(label)}'
-              f'<span class="count">{len(images)}</span></h2>')]
+    parts = [
+        (
+            f'<section class="class" id="class-{html.escape(label)}"><h2>{html.escape(label)}'
+            f'<span class="count">{len(images)}</span></h2>'
+        )
+    ]
     for split, members in by_split.items():
         # Flagged images first, so that the limit never hides them.
         members = sorted(members, key=lambda im: (im.key not in reasons, im.key))
@@ -125,14 +143,23 @@ def _contact_sheet(label: str, images: list[ScannedImage], reasons: dict[str, li
         for image in members[:limit]:
             why = reasons.get(image.key, [])
             title = f"{image.key}" + (f" -- {', '.join(why)}" if why else "")
-            figures.append(f'<figure class="{"flagged" if why else ""}">{thumbs.tag(image.key, title)}</figure>')
+            figures.append(
+                f'<figure class="{"flagged" if why else ""}">{thumbs.tag(image.key, title)}</figure>'
+            )
         more = f'<p class="muted">and {len(members) - limit} more</p>' if len(members) > limit else ""
-        parts.append(f"<h3>{html.escape(split)}</h3><div class=\"sheet\">{''.join(figures)}</div>{more}")
+        parts.append(f'<h3>{html.escape(split)}</h3><div class="sheet">{"".join(figures)}</div>{more}')
     return "".join(parts) + "</section>"
 
 
-def render(summary: dict[str, Any], images: list[ScannedImage], flags: list[Flag], notes: list[str],
-           thumbs: Thumbnails, quarantined: set[str], per_class_limit: int) -> str:
+def render(
+    summary: dict[str, Any],
+    images: list[ScannedImage],
+    flags: list[Flag],
+    notes: list[str],
+    thumbs: Thumbnails,
+    quarantined: set[str],
+    per_class_limit: int,
+) -> str:
     """The whole page."""
     by_key = {im.key: im for im in images}
     reasons: dict[str, list[str]] = defaultdict(list)
@@ -142,25 +169,38 @@ def render(summary: dict[str, Any], images: list[ScannedImage], flags: list[Flag
     for key in reasons:
         flagged[by_key[key].split][by_key[key].label] += 1
 
-    body = [f"<h1>Dataset review: {html.escape(summary['root'])}</h1>",
-            (f'<p id="summary">{summary["images"]} images, {len(summary["classes"])} classes, '
-             f'splits {", ".join(summary["splits"])}: <b>{len(reasons)} files flagged</b>. '
-             f'{html.escape(summary["manifest"])}</p>'),
-            _counts_table(summary["counts"], flagged)]
+    body = [
+        f"<h1>Dataset review: {html.escape(summary['root'])}</h1>",
+        (
+            f'<p id="summary">{summary["images"]} images, {len(summary["classes"])} classes, '
+            f"splits {', '.join(summary['splits'])}: <b>{len(reasons)} files flagged</b>. "
+            f"{html.escape(summary['manifest'])}</p>"
+        ),
+        _counts_table(summary["counts"], flagged),
+    ]
     if notes:
-        body.append('<h2>Dataset</h2><ul class="notes">'
-                    + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        body.append(
+            '<h2>Dataset</h2><ul class="notes">'
+            + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+            + "</ul>"
+        )
     for reason, heading in REASONS.items():
         chosen = [f for f in flags if f.reason == reason]
         if chosen:
             cards = "".join(_card(f, by_key, thumbs, quarantined) for f in chosen)
-            body.append(f'<section class="reason" id="reason-{reason}"><h2>{html.escape(heading)}'
-                        f'<span class="count">{len(chosen)}</span></h2><div class="cards">{cards}</div></section>')
+            body.append(
+                f'<section class="reason" id="reason-{reason}"><h2>{html.escape(heading)}'
+                f'<span class="count">{len(chosen)}</span></h2><div class="cards">{cards}</div></section>'
+            )
     body.append("<h2>Contact sheets</h2>")
     by_label = defaultdict(list)
     for image in images:
         by_label[image.label].append(image)
-    body += [_contact_sheet(label, by_label[label], reasons, thumbs, per_class_limit) for label in sorted(by_label)]
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Dataset review: {html.escape(summary['root'])}</title><style>{CSS}</style></head>"
-            f"<body style=\"--side:{thumbs.side}px\">{''.join(body)}</body></html>")
+    body += [
+        _contact_sheet(label, by_label[label], reasons, thumbs, per_class_limit) for label in sorted(by_label)
+    ]
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Dataset review: {html.escape(summary['root'])}</title><style>{CSS}</style></head>"
+        f'<body style="--side:{thumbs.side}px">{"".join(body)}</body></html>'
+    )

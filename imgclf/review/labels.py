@@ -37,11 +37,15 @@ def load_backbone(model_cfg: Mapping[str, Any]) -> torch.nn.Module:
 
     backbone = build_backbone(init_weights=not model_cfg["pretrained"])
     if model_cfg["pretrained"]:
-        source = model_cfg.get("weights_path") or fetch_imagenet_weights(model_cfg.get("allow_download", True))
+        source = model_cfg.get("weights_path") or fetch_imagenet_weights(
+            model_cfg.get("allow_download", True)
+        )
         load_backbone_weights(backbone, source)
     else:
-        log.warning("model.pretrained=false: backbone features of a random network say little "
-                    "about labels; use ImageNet weights or labels.features=pixels")
+        log.warning(
+            "model.pretrained=false: backbone features of a random network say little "
+            "about labels; use ImageNet weights or labels.features=pixels"
+        )
     return backbone.eval()
 
 
@@ -57,9 +61,12 @@ def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping
 
     backbone = load_backbone(model_cfg).to(memory_format=torch.channels_last)
     dtype = autocast_dtype(resolve_precision(model_cfg.get("precision", "auto"), "cpu"))
-    dataset = ImageListDataset([(root / im.path, 0) for im in images],
-                               eval_transform(preprocessing_for(model_cfg["image_size"])))
-    loader = DataLoader(dataset, batch_size=int(model_cfg["batch_size"]), num_workers=int(model_cfg["num_workers"]))
+    dataset = ImageListDataset(
+        [(root / im.path, 0) for im in images], eval_transform(preprocessing_for(model_cfg["image_size"]))
+    )
+    loader = DataLoader(
+        dataset, batch_size=int(model_cfg["batch_size"]), num_workers=int(model_cfg["num_workers"])
+    )
     chunks = []
     autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
     with Progress(transient=True) as progress, torch.inference_mode(), autocast:
@@ -70,7 +77,9 @@ def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping
     return torch.cat(chunks).numpy()
 
 
-def image_features(root: Path, images: list[ScannedImage], kind: str, model_cfg: Mapping[str, Any]) -> np.ndarray:
+def image_features(
+    root: Path, images: list[ScannedImage], kind: str, model_cfg: Mapping[str, Any]
+) -> np.ndarray:
     parts = []
     if kind in ("backbone", "both"):
         parts.append(backbone_features(root, images, model_cfg))
@@ -79,8 +88,15 @@ def image_features(root: Path, images: list[ScannedImage], kind: str, model_cfg:
     return np.concatenate(parts, axis=1)
 
 
-def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, groups: np.ndarray,
-                              num_classes: int, folds: int, C: float, seed: int) -> np.ndarray:
+def out_of_fold_probabilities(
+    features: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray,
+    num_classes: int,
+    folds: int,
+    C: float,
+    seed: int,
+) -> np.ndarray:
     """[N, num_classes] probabilities, each row from a model fitted without that image's group."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold
@@ -102,8 +118,13 @@ def out_of_fold_probabilities(features: np.ndarray, targets: np.ndarray, groups:
     return probabilities
 
 
-def label_flags(images: list[ScannedImage], classes: list[str], probabilities: np.ndarray,
-                max_given: float, min_other: float) -> list[Flag]:
+def label_flags(
+    images: list[ScannedImage],
+    classes: list[str],
+    probabilities: np.ndarray,
+    max_given: float,
+    min_other: float,
+) -> list[Flag]:
     """Images whose own class is unlikely while another class is likely, most confident first."""
     flags = []
     for image, row in zip(images, probabilities):
@@ -112,10 +133,16 @@ def label_flags(images: list[ScannedImage], classes: list[str], probabilities: n
         others[given] = -1.0
         best = int(others.argmax())
         if row[given] <= max_given and row[best] >= min_other:
-            flags.append(Flag(image.key, "suspect_label",
-                              f"labelled {image.label} (p={row[given]:.2f}); looks like "
-                              f"{classes[best]} (p={row[best]:.2f})",
-                              other=classes[best], score=float(row[best] - row[given])))
+            flags.append(
+                Flag(
+                    image.key,
+                    "suspect_label",
+                    f"labelled {image.label} (p={row[given]:.2f}); looks like "
+                    f"{classes[best]} (p={row[best]:.2f})",
+                    other=classes[best],
+                    score=float(row[best] - row[given]),
+                )
+            )
     return sorted(flags, key=lambda f: -f.score)
 
 
@@ -126,8 +153,14 @@ def judgeable(images: list[ScannedImage]) -> tuple[list[ScannedImage], list[str]
     return [im for im in images if im.usable and im.label in kept], sorted(set(counts) - kept)
 
 
-def suspect_labels(root: Path, images: list[ScannedImage], group_of: dict[str, int],
-                   settings: Mapping[str, Any], model_cfg: Mapping[str, Any], seed: int) -> tuple[list[Flag], list[str]]:
+def suspect_labels(
+    root: Path,
+    images: list[ScannedImage],
+    group_of: dict[str, int],
+    settings: Mapping[str, Any],
+    model_cfg: Mapping[str, Any],
+    seed: int,
+) -> tuple[list[Flag], list[str]]:
     """Flags for suspected wrong labels, and notes on what could not be checked."""
     candidates, left_out = judgeable(images)
     notes = [f"label check skipped for {label}: fewer than 2 usable images" for label in left_out]
@@ -138,7 +171,9 @@ def suspect_labels(root: Path, images: list[ScannedImage], group_of: dict[str, i
     groups = np.array([group_of.get(im.key, -i - 1) for i, im in enumerate(candidates)])
     folds = min(int(settings["folds"]), min(Counter(targets).values()), len(set(groups)))
     features = image_features(root, candidates, settings["features"], model_cfg)
-    probabilities = out_of_fold_probabilities(features, targets, groups, len(classes), folds,
-                                              float(settings["C"]), seed)
-    return label_flags(candidates, classes, probabilities, settings["max_given_prob"],
-                       settings["min_other_prob"]), notes
+    probabilities = out_of_fold_probabilities(
+        features, targets, groups, len(classes), folds, float(settings["C"]), seed
+    )
+    return label_flags(
+        candidates, classes, probabilities, settings["max_given_prob"], settings["min_other_prob"]
+    ), notes

@@ -75,8 +75,15 @@ def quarantine(root: Path, reasons_by_path: dict[str, list[str]]) -> list[dict[s
         if not (root / relative).is_file():
             log.warning("%s is gone; not quarantined", root / relative)
             continue
-        entries.append({"action": "quarantine", "batch": batch, "path": relative,
-                        "quarantined": _free_name(folder, relative), "reasons": sorted(reasons)})
+        entries.append(
+            {
+                "action": "quarantine",
+                "batch": batch,
+                "path": relative,
+                "quarantined": _free_name(folder, relative),
+                "reasons": sorted(reasons),
+            }
+        )
     if not entries:
         return []
     _append_log(folder, entries)
@@ -106,8 +113,10 @@ def undo(root: Path) -> list[dict[str, Any]]:
             f"move those files away (nothing was restored; the quarantined copies are in {folder})"
         )
     # Entries whose file never reached quarantine (an interrupted run) are closed as well.
-    closed = [{"action": "restore", "batch": _now(), "path": e["path"], "quarantined": e["quarantined"]}
-              for e in current]
+    closed = [
+        {"action": "restore", "batch": _now(), "path": e["path"], "quarantined": e["quarantined"]}
+        for e in current
+    ]
     for entry in pending:
         target = root / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,16 @@ log = logging.getLogger(__name__)
 def file_flags(images: list[ScannedImage], min_side: int) -> list[Flag]:
     """Files that cannot be used (undecodable, truncated) or are too small to be worth training on."""
     flags = [Flag(im.key, im.problem, im.detail) for im in images if not im.usable]
-    flags += [Flag(im.key, "tiny", f"{im.width}x{im.height} pixels, under {min_side} on a side",
-                   score=float(min(im.width, im.height)))
-              for im in images if im.usable and min(im.width, im.height) < min_side]
+    flags += [
+        Flag(
+            im.key,
+            "tiny",
+            f"{im.width}x{im.height} pixels, under {min_side} on a side",
+            score=float(min(im.width, im.height)),
+        )
+        for im in images
+        if im.usable and min(im.width, im.height) < min_side
+    ]
     return flags
 
 
@@ -57,8 +64,9 @@ def check_settings(cfg: DictConfig) -> None:
         try:
             fetch_imagenet_weights(cfg.model.allow_download)
         except ImgclfError as exc:  # training's message, plus the review's own way out
-            raise ImgclfError(f"{exc} For the review, labels.features=pixels or labels.enabled=false "
-                              "need no weights.") from None
+            raise ImgclfError(
+                f"{exc} For the review, labels.features=pixels or labels.enabled=false need no weights."
+            ) from None
 
 
 class Stopwatch:
@@ -90,8 +98,10 @@ def find_problems(cfg: DictConfig, root: Path, clock: Stopwatch) -> dict[str, An
     counts = class_counts(images, list(layout), classes)
     notes = dataset_notes(counts, checks.imbalance_ratio, checks.min_class_images)
     if ignored:
-        notes.append(f"{len(ignored)} file(s) without an image extension are ignored by training, "
-                     f"e.g. {ignored[0].relative_to(root).as_posix()}")
+        notes.append(
+            f"{len(ignored)} file(s) without an image extension are ignored by training, "
+            f"e.g. {ignored[0].relative_to(root).as_posix()}"
+        )
     if cfg.labels.enabled:
         group_of = {im.key: number for number, group in enumerate(groups) for im in group}
         label_cfg = OmegaConf.to_container(cfg.labels, resolve=True)
@@ -100,10 +110,19 @@ def find_problems(cfg: DictConfig, root: Path, clock: Stopwatch) -> dict[str, An
         flags += suspects
         notes += skipped
         clock.lap("labels")
-    manifest = (f"manifest: source URLs for {matched} of {len(images)} images" if matched
-                else "no manifest.jsonl: source URLs unknown")
-    summary = {"root": str(root), "images": len(images), "classes": classes, "splits": list(layout),
-               "counts": counts, "manifest": manifest}
+    manifest = (
+        f"manifest: source URLs for {matched} of {len(images)} images"
+        if matched
+        else "no manifest.jsonl: source URLs unknown"
+    )
+    summary = {
+        "root": str(root),
+        "images": len(images),
+        "classes": classes,
+        "splits": list(layout),
+        "counts": counts,
+        "manifest": manifest,
+    }
     return {"summary": summary, "images": images, "flags": flags, "notes": notes}
 
 
@@ -118,14 +137,27 @@ def quarantine_flagged(root: Path, flags: list[Flag], reasons: list[str]) -> lis
 def write_report(cfg: DictConfig, root: Path, found: dict[str, Any], moved: list[dict[str, Any]]) -> Path:
     report_dir = Path(cfg.report_dir)
     flags: list[Flag] = found["flags"]
-    findings = {**found["summary"], "notes": found["notes"],
-                "flag_counts": dict(Counter(f.reason for f in flags)),
-                "flags": [f.as_dict() for f in flags], "quarantined": moved}
+    findings = {
+        **found["summary"],
+        "notes": found["notes"],
+        "flag_counts": dict(Counter(f.reason for f in flags)),
+        "flags": [f.as_dict() for f in flags],
+        "quarantined": moved,
+    }
     atomic_write_json(report_dir / "findings.json", findings)
     folder = quarantining.quarantine_dir(root)
-    thumbs = Thumbnails(root, cfg.report.thumbnail_size, {e["path"]: folder / e["quarantined"] for e in moved})
-    page = render(found["summary"], found["images"], flags, found["notes"], thumbs,
-                  {e["path"] for e in moved}, cfg.report.max_thumbnails_per_class)
+    thumbs = Thumbnails(
+        root, cfg.report.thumbnail_size, {e["path"]: folder / e["quarantined"] for e in moved}
+    )
+    page = render(
+        found["summary"],
+        found["images"],
+        flags,
+        found["notes"],
+        thumbs,
+        {e["path"] for e in moved},
+        cfg.report.max_thumbnails_per_class,
+    )
     atomic_write_text(report_dir / "report.html", page)
     return report_dir / "report.html"
 
@@ -133,16 +165,20 @@ def write_report(cfg: DictConfig, root: Path, found: dict[str, Any], moved: list
 def print_summary(found: dict[str, Any], page: Path, moved: list[dict[str, Any]], root: Path) -> None:
     summary, flags = found["summary"], found["flags"]
     counts = Counter(f.reason for f in flags)
-    print(f"reviewed {summary['images']} images in {', '.join(summary['splits'])} "
-          f"({len(summary['classes'])} classes): {len({f.path for f in flags})} files flagged")
+    print(
+        f"reviewed {summary['images']} images in {', '.join(summary['splits'])} "
+        f"({len(summary['classes'])} classes): {len({f.path for f in flags})} files flagged"
+    )
     for reason in REASONS:
         if counts[reason]:
             print(f"  {reason}: {counts[reason]}")
     for note in found["notes"]:
         print(f"  note: {note}")
     if moved:
-        print(f"quarantined {len(moved)} file(s) into {quarantining.quarantine_dir(root)} "
-              f"(undo: python scripts/review.py data.root={root} undo=true)")
+        print(
+            f"quarantined {len(moved)} file(s) into {quarantining.quarantine_dir(root)} "
+            f"(undo: python scripts/review.py data.root={root} undo=true)"
+        )
     print(f"report: {page}")
 
 
@@ -160,5 +196,11 @@ def review(cfg: DictConfig) -> dict[str, Any]:
     clock.lap("report")
     log.info("review stages (s): %s", clock.seconds)
     print_summary(found, page, moved, root)
-    return {**found["summary"], "flags": found["flags"], "notes": found["notes"],
-            "quarantined": moved, "seconds": clock.seconds, "report": str(page)}
+    return {
+        **found["summary"],
+        "flags": found["flags"],
+        "notes": found["notes"],
+        "quarantined": moved,
+        "seconds": clock.seconds,
+        "report": str(page),
+    }

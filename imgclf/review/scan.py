@@ -128,12 +128,18 @@ def check_classes(layout: dict[str, dict[str, list[Path]]], root: Path) -> list[
     return classes
 
 
-def scan_dataset(root: Path, layout: dict[str, dict[str, list[Path]]], pixel_side: int | None) -> list[ScannedImage]:
+def scan_dataset(
+    root: Path, layout: dict[str, dict[str, list[Path]]], pixel_side: int | None
+) -> list[ScannedImage]:
     """Decode and hash every listed file once, with a progress bar."""
     from rich.progress import Progress
 
-    jobs = [(path, split, label) for split, files in layout.items()
-            for label, paths in files.items() for path in paths]
+    jobs = [
+        (path, split, label)
+        for split, files in layout.items()
+        for label, paths in files.items()
+        for path in paths
+    ]
     images = []
     with Progress(transient=True) as progress:
         task = progress.add_task("reading images", total=len(jobs))
