@@ -8,6 +8,7 @@ a warning that counts them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import Counter
@@ -56,6 +57,13 @@ class SplitListing:
 
 def _readable(path: Path) -> bool:
     """Header check: cheap enough for every file, catches non-images posing as images."""
+    stat = path.stat()
+    return _readable_version(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _readable_version(path: str, size: int, mtime_ns: int) -> bool:
+    # Keyed by size and mtime: sweeps list the same unchanged files once per trial.
     try:
         with Image.open(path) as img:
             img.verify()

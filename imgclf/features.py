@@ -9,6 +9,7 @@ head trains from them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,13 @@ CACHE_FORMAT = "imgclf.features/1"
 
 def file_fingerprint(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (weights files: the same bytes give the same features)."""
+    stat = os.stat(path)
+    return _fingerprint(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime: every trial of a sweep would otherwise hash ~100 MB again.
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

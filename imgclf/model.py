@@ -177,7 +177,8 @@ def build_classifier(
     weights_path: str | None = None,
     allow_download: bool = True,
 ) -> InceptionClassifier:
-    model = InceptionClassifier(num_classes, head)
+    # Random initialisation is wasted on weights about to be overwritten (and takes seconds).
+    model = InceptionClassifier(num_classes, head, init_weights=not pretrained)
     if pretrained:
         source = weights_path or fetch_imagenet_weights(allow_download)
         load_backbone_weights(model.backbone, source)

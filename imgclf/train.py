@@ -108,6 +108,37 @@ def best_checkpoint(directory: Path) -> ModelCheckpoint:
     )
 
 
+class BestHead(Callback):
+    """The best epoch's head weights, kept in memory.
+
+    Stage 1 on cached features only trains the head: writing the whole network (frozen backbone
+    included, ~90 MB) to disk every epoch, as ModelCheckpoint does, would cost more than the epoch.
+    """
+
+    def __init__(self, monitor: str = "val/acc") -> None:
+        self.monitor = monitor
+        self.score = float("-inf")
+        self.epoch = -1
+        self.state: dict[str, torch.Tensor] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or score is None or float(score) <= self.score:
+            return
+        self.score, self.epoch = float(score), trainer.current_epoch
+        self.state = {k: v.detach().clone() for k, v in pl_module.model.head.state_dict().items()}
+
+    def restore(self, module: ClassifierModule) -> dict[str, Any]:
+        module.model.head.load_state_dict(self.state)
+        return {"epoch": self.epoch, "val/acc": self.score}
+
+
+def wiring_checked(trainer: pl.Trainer) -> dict[str, Any]:
+    """fast_dev_run: one batch each way ran; report its metrics, save nothing."""
+    log.info("fast_dev_run: the wiring works; no model saved")
+    return {"fast_dev_run": True, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+
 def restore(module: ClassifierModule, checkpointing: ModelCheckpoint) -> dict[str, Any]:
     best = torch.load(
         checkpointing.best_model_path or checkpointing.last_model_path, map_location="cpu", weights_only=False
@@ -139,8 +170,10 @@ def fit_on_images(
             state.start_fresh()
     trainer.strategy.barrier()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    if not trainer.is_global_zero or trainer.fast_dev_run:
+    if not trainer.is_global_zero:
         return None
+    if trainer.fast_dev_run:
+        return wiring_checked(trainer)
     state.mark("done")
     return restore(module, checkpointing)
 
@@ -155,14 +188,14 @@ def fit_with_feature_cache(
         module.model, datamodule, cfg.model, cfg.paths.cache_dir, cfg.features.views, precision
     )
     module.inputs = "features"
-    stage1 = best_checkpoint(checkpoint_dir / "stage1")
+    stage1 = BestHead()
     callbacks = build_all(cfg.get("callbacks"), "callback") + [StagedFineTuning(), stage1]
     trainer = build_trainer(cfg, callbacks, loggers, epochs)
     trainer.fit(module, datamodule=FeatureDataModule(features, datamodule.batch_size))
     module.inputs = "images"
     if trainer.fast_dev_run:
-        return None
-    best = restore(module, stage1)
+        return wiring_checked(trainer)
+    best = stage1.restore(module)
     if fine_tune:
         best = fine_tune_on_images(cfg, module, datamodule, loggers, checkpoint_dir, epochs, stage1, best)
     state.mark("done")
@@ -197,7 +230,7 @@ def fine_tune_on_images(
         best = restore(module, stage2)
         best["epoch"] += epochs
     else:
-        restore(module, stage1)
+        stage1.restore(module)
     return best
 
 
@@ -255,8 +288,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     use_cache = pretrained and cfg.features.cache and single_process
     fit = fit_with_feature_cache if use_cache else fit_on_images
     best = fit(cfg, module, datamodule, loggers, checkpoint_dir, epochs, fine_tune)
-    if best is None:  # another DDP rank, or fast_dev_run
+    if best is None:  # another DDP rank: rank 0 reports and saves
         return {}
+    if best.get("fast_dev_run"):
+        return best
 
     metrics = {"val/acc": best["val/acc"], "best_epoch": best["epoch"]}
     hparams = OmegaConf.to_container(cfg.model, resolve=True)
