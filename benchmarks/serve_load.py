@@ -1,0 +1,479 @@
+"""Load-test ``python serve.py`` against the in-process predictor, side by side in one run.
+
+    python benchmarks/serve_load.py [--pairs 16] [--rounds 4] [--precision bf16] [--image-size 299]
+
+1. Builds a realistic Inception v3 ``model.ckpt`` in a temporary folder: 299 px, random weights,
+   batch norm and last layer calibrated so that it answers like a trained model (see
+   :func:`calibrated_model`). No training, no download.
+2. Starts the server on loopback with conf/serve.yaml's defaults, except ``precision`` (bf16 by
+   default, the served path the goals are about; what ``precision=auto`` would pick is reported).
+3. Drives it from a second process with a bounded number of requests, alternating with the
+   benchmark process's own :class:`imgclf.predict.Predictor` doing what the server's worker does
+   (decode, preprocess, model) on the same uploads, because a shared machine drifts in speed:
+   single requests against single images (concurrency 1), rounds of concurrency 8 against batches
+   of the server's ``max_batch_size``; then concurrency 32 once.
+4. Times the model alone in fp32 and in bf16 + channels-last on the same batches, with top-1s.
+
+Prints a Markdown report and the goals: throughput at concurrency 8 >= 85 % of in-process, p50
+at concurrency 1 within 25 ms of in-process single-image latency, bf16 + channels-last >= 2.5x
+fp32 with equal top-1 answers, no failed request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclf.checkpoint import model_record, save_model
+from imgclf.images import load_image
+from imgclf.model import build_classifier, preprocessing_for
+from imgclf.predict import Predictor
+from imgclf.transforms import eval_transform
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CONCURRENCY = (1, 8, 32)
+BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with
+
+
+def synthetic_photos(
+    count: int, seed: int, size: tuple[int, int] = (500, 375)
+) -> list[Image.Image]:
+    """Smooth colour fields with grain: JPEG-sized work for the decoder, varied for the model."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(count):
+        low = torch.from_numpy(rng.random((1, 3, 6, 8), dtype=np.float32))
+        smooth = torch.nn.functional.interpolate(low, size=size[::-1], mode="bicubic")[0]
+        pixels = smooth.permute(1, 2, 0).numpy() * 255 + rng.normal(0, 12, (*size[::-1], 3))
+        photos.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
+    return photos
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def calibrated_model(
+    image_size: int, uploads: list[bytes]
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Random Inception v3 that answers like a trained one: one class per upload, with margin.
+
+    Untrained batch norm (mean 0, variance 1) lets activations grow to ~1e10 and gives every image
+    the same one-hot answer, which would make the bf16-vs-fp32 comparison meaningless. One pass in
+    training mode sets the batch-norm statistics; the last layer then becomes a
+    least-squares fit to the uploads' own features, so that upload ``i`` is class ``i`` by a clear
+    margin, as a trained model is about the images it knows.
+    """
+    torch.manual_seed(0)
+    model = build_classifier(len(uploads), pretrained=False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration pass
+    preprocessing = preprocessing_for(image_size)
+    transform = eval_transform(preprocessing)
+    images = torch.stack([transform(load_image(data)) for data in uploads])
+    model.train()(images)
+    model.eval()
+    last = model.head.layers[-1]
+    hidden: list[torch.Tensor] = []
+    hook = last.register_forward_hook(lambda _m, inputs, _o: hidden.append(inputs[0]))
+    model(images)
+    hook.remove()
+    # The smallest last layer that scores each upload 10 for its own class and 0 for the others.
+    centred = hidden[0] - hidden[0].mean(0)
+    targets = 10.0 * torch.eye(len(uploads))
+    weight = torch.linalg.pinv(centred) @ targets
+    last.weight.copy_(weight.T)
+    last.bias.copy_(-hidden[0].mean(0) @ weight)
+    return model, preprocessing
+
+
+def write_model(folder: Path, image_size: int, uploads: list[bytes]) -> Path:
+    model, preprocessing = calibrated_model(image_size, uploads)
+    classes = [f"photo_{i:02d}" for i in range(len(uploads))]
+    hparams = {"note": "benchmark model: random weights, calibrated", "image_size": image_size}
+    return save_model(model_record(model, classes, preprocessing, hparams), folder / "model.ckpt")
+
+
+def timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def batches_of(uploads: list[bytes]) -> list[list[bytes]]:
+    return [uploads[i : i + BATCH_SIZE] for i in range(0, len(uploads), BATCH_SIZE)]
+
+
+def classify_uploads(predictor: Predictor, uploads: list[bytes]) -> torch.Tensor:
+    """What the server's worker does with a batch: decode, preprocess, one model call."""
+    return predictor.predict_batch(torch.stack([predictor.load(data) for data in uploads]))
+
+
+def in_process_throughput(predictor: Predictor, uploads: list[bytes]) -> float:
+    batches = batches_of(uploads)
+    return len(uploads) / sum(timed(classify_uploads, predictor, batch) for batch in batches)
+
+
+# --- the client, in its own process ------------------------------------------------------------
+
+
+def drive(url: str, uploads: list[bytes], concurrency: int, requests: int) -> dict[str, Any]:
+    """``requests`` POSTs from ``concurrency`` threads, each awaiting its answer before the next."""
+    import httpx
+
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    errors: list[str] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            while True:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    return
+                start = time.perf_counter()
+                try:
+                    response = http.post(
+                        "/classify", files={"img": ("photo.jpg", uploads[index % len(uploads)])}
+                    )
+                    ok = response.status_code == 200 and response.json()["success"] is True
+                    problem = None if ok else f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    problem, response = repr(exc), None
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if problem:
+                        errors.append(problem)
+                    else:
+                        latencies.append(elapsed)
+                        batch_sizes.append(int(response.headers["x-batch-size"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "wall": wall,
+        "latencies": latencies,
+        "batch_sizes": batch_sizes,
+        "errors": errors,
+    }
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(ckpt: Path, port: int, precision: str, log_path: Path) -> subprocess.Popen:
+    import httpx
+
+    command = [
+        sys.executable,
+        "serve.py",
+        f"ckpt_path={ckpt}",
+        "host=127.0.0.1",
+        f"port={port}",
+        f"precision={precision}",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True
+        )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    stop_server(process)
+    raise SystemExit(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# --- bf16 + channels-last against fp32 -----------------------------------------------------------
+
+
+def precision_comparison(ckpt: Path, uploads: list[bytes], runs: int) -> list[dict[str, Any]]:
+    """Model time for the same batches under each precision, alternating, with top-1 answers."""
+    variants = [
+        ("fp32, NCHW (reference)", "fp32", False),
+        ("fp32, channels-last", "fp32", True),
+        ("bf16 autocast, channels-last (served)", "bf16", True),
+    ]
+    rows = []
+    for name, precision, channels_last in variants:
+        predictor = Predictor.from_file(ckpt, precision=precision, channels_last=channels_last)
+        batches = [
+            torch.stack([predictor.load(data) for data in batch]) for batch in batches_of(uploads)
+        ]
+        probabilities = torch.cat(
+            [predictor.predict_batch(batch) for batch in batches]
+        )  # also warms up
+        rows.append(
+            {
+                "name": name,
+                "predictor": predictor,
+                "batches": batches,
+                "probabilities": probabilities,
+                "top1": probabilities.argmax(1),
+                "times": [],
+            }
+        )
+    for _ in range(runs):
+        for row in rows:
+            for batch in row["batches"]:
+                row["times"].append(timed(row["predictor"].predict_batch, batch))
+    for row in rows:
+        row["seconds"] = statistics.median(row.pop("times"))
+        del row["predictor"], row["batches"]
+    return rows
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summary(load: dict[str, Any]) -> dict[str, float]:
+    latencies = load["latencies"]
+    return {
+        "throughput": len(latencies) / load["wall"],
+        "p50": percentile(latencies, 50) * 1000,
+        "p95": percentile(latencies, 95) * 1000,
+        "batch": statistics.mean(load["batch_sizes"] or [0]),
+        "errors": len(load["errors"]),
+    }
+
+
+def latency_table(pairs: list[dict[str, float]]) -> tuple[list[str], float]:
+    in_process = statistics.median(pair["in_process_ms"] for pair in pairs)
+    served = statistics.median(pair["server_ms"] for pair in pairs)
+    gap = statistics.median(pair["server_ms"] - pair["in_process_ms"] for pair in pairs)
+    lines = [
+        "| concurrency 1, paired | in-process, 1 image ms | server ms | gap ms |",
+        "|---|---|---|---|",
+        f"| median of {len(pairs)} pairs | {in_process:.0f} | {served:.0f} | {gap:+.0f} |",
+    ]
+    return lines, gap
+
+
+def throughput_table(rounds: list[dict[str, Any]]) -> tuple[list[str], float]:
+    lines = [
+        (
+            f"| concurrency 8, round | in-process, batches of {BATCH_SIZE} img/s | server img/s "
+            "| server / in-process | mean batch |"
+        ),
+        "|---|---|---|---|---|",
+    ]
+    for number, entry in enumerate(rounds, 1):
+        served = summary(entry["load"])
+        entry["share"] = served["throughput"] / entry["throughput"]
+        lines.append(
+            f"| {number} | {entry['throughput']:.2f} | {served['throughput']:.2f} "
+            f"| {entry['share']:.0%} | {served['batch']:.1f} |"
+        )
+    share = statistics.median(entry["share"] for entry in rounds)
+    lines.append(f"| median | | | {share:.0%} | |")
+    return lines, share
+
+
+def load_table(loads: dict[int, list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| concurrency | requests | failed | img/s | p50 ms | p95 ms | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for concurrency, runs in loads.items():
+        pooled = {
+            "latencies": [x for run in runs for x in run["latencies"]],
+            "batch_sizes": [x for run in runs for x in run["batch_sizes"]],
+            "errors": [x for run in runs for x in run["errors"]],
+            "wall": sum(run["wall"] for run in runs),
+        }
+        stats = summary(pooled)
+        lines.append(
+            f"| {concurrency} | {sum(run['requests'] for run in runs)} | {stats['errors']} "
+            f"| {stats['throughput']:.2f} | {stats['p50']:.0f} | {stats['p95']:.0f} "
+            f"| {stats['batch']:.1f} |"
+        )
+    return lines
+
+
+def precision_table(precisions: list[dict[str, Any]]) -> tuple[list[str], float, bool]:
+    fp32, served = precisions[0], precisions[-1]
+    own_class = int((fp32["top1"] == torch.arange(len(fp32["top1"]))).sum())
+    lines = [
+        (
+            f"| model only, batch of {BATCH_SIZE} | s/batch | speed-up vs fp32 "
+            "| top-1 equal to fp32 | max abs. probability difference |"
+        ),
+        "|---|---|---|---|---|",
+    ]
+    for row in precisions:
+        same = int((row["top1"] == fp32["top1"]).sum())
+        difference = (row["probabilities"] - fp32["probabilities"]).abs().max()
+        lines.append(
+            f"| {row['name']} | {row['seconds']:.2f} | {fp32['seconds'] / row['seconds']:.2f}x "
+            f"| {same}/{len(row['top1'])} | {difference:.1e} |"
+        )
+    lines.append(
+        f"\nfp32 names each upload's own class for {own_class}/{len(fp32['top1'])} of them."
+    )
+    return lines, fp32["seconds"] / served["seconds"], bool((served["top1"] == fp32["top1"]).all())
+
+
+def goal_lines(share: float, gap: float, speedup: float, same_top1: bool, failed: int) -> list[str]:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    top1 = "equal" if same_top1 else "DIFFERENT"
+    return [
+        "Goals:",
+        f"- throughput at concurrency 8 = {share:.0%} of in-process (goal >= 85 %): "
+        + verdict(share >= 0.85),
+        f"- p50 at concurrency 1 = in-process single image {gap:+.0f} ms (goal <= +25 ms): "
+        + verdict(gap <= 25),
+        f"- bf16 + channels-last = {speedup:.2f}x fp32, top-1 {top1} (goal >= 2.5x, equal): "
+        + verdict(speedup >= 2.5 and same_top1),
+        f"- failed requests: {failed} (goal 0): {verdict(failed == 0)}",
+    ]
+
+
+def report(args, served: str, auto: str, pairs, rounds, loads, precisions) -> str:
+    per_pair, gap = latency_table(pairs)
+    per_round, share = throughput_table(rounds)
+    per_precision, speedup, same_top1 = precision_table(precisions)
+    failed = sum(len(run["errors"]) for runs in loads.values() for run in runs)
+    classes = len(precisions[0]["top1"])
+    header = (
+        f"Model: Inception v3, {args.image_size} px, {classes} classes, random calibrated weights. "
+        f"Server and in-process predictor run {served}, max_batch_size {BATCH_SIZE}; "
+        f"{os.cpu_count()} CPU cores; torch {torch.__version__}. "
+        f"precision=auto would choose {auto} for this model (it checks on synthetic probe images)."
+    )
+    sections = [
+        [header],
+        [
+            "In-process and server measurements alternate (a shared machine drifts in speed):",
+            "one request against one in-process image at concurrency 1, rounds at concurrency 8.",
+        ],
+        per_pair,
+        per_round,
+        ["All server requests:"],
+        load_table(loads),
+        per_precision,
+        goal_lines(share, gap, speedup, same_top1, failed),
+    ]
+    return "\n\n".join("\n".join(section) for section in sections)
+
+
+def measure(args, predictor: Predictor, uploads: list[bytes], client, url: str):
+    loads: dict[int, list[dict[str, Any]]] = {c: [] for c in CONCURRENCY}
+    print(f"concurrency 1: {args.pairs} pairs ...", file=sys.stderr)
+    pairs = []
+    for index in range(args.pairs):
+        upload = [uploads[index % len(uploads)]]
+        in_process_ms = 1000 * timed(classify_uploads, predictor, upload)
+        load = client.submit(drive, url, upload, 1, 1).result()
+        loads[1].append(load)
+        if load["latencies"]:
+            pairs.append({"in_process_ms": in_process_ms, "server_ms": 1000 * load["latencies"][0]})
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        print(f"concurrency 8: round {number}/{args.rounds} ...", file=sys.stderr)
+        entry = {"throughput": in_process_throughput(predictor, uploads)}
+        entry["load"] = client.submit(drive, url, uploads, 8, 4 * len(uploads)).result()
+        loads[8].append(entry["load"])
+        rounds.append(entry)
+    print("concurrency 32 ...", file=sys.stderr)
+    loads[32].append(client.submit(drive, url, uploads, 32, 2 * 32).result())
+    return pairs, rounds, loads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=int, default=299)
+    parser.add_argument("--pairs", type=int, default=16, help="single requests at concurrency 1")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds of 64 requests at concurrency 8"
+    )
+    parser.add_argument("--precision", default="bf16", choices=("auto", "bf16", "fp32"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as folder:
+        folder = Path(folder)
+        print("building the benchmark model ...", file=sys.stderr)
+        uploads = [jpeg(photo) for photo in synthetic_photos(2 * BATCH_SIZE, seed=1)]
+        ckpt = write_model(folder, args.image_size, uploads)
+        auto_precision = Predictor.from_file(ckpt).precision
+        predictor = Predictor.from_file(ckpt, precision=args.precision)  # as the server's worker
+        classify_uploads(predictor, uploads[:BATCH_SIZE])  # warm-up
+
+        port = free_port()
+        process = start_server(ckpt, port, args.precision, folder / "server.log")
+        try:
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
+                url = f"http://127.0.0.1:{port}"
+                client.submit(drive, url, uploads, 2, 4).result()  # warm-up
+                pairs, rounds, loads = measure(args, predictor, uploads, client, url)
+        finally:
+            stop_server(process)
+
+        print("bf16 against fp32 ...", file=sys.stderr)
+        precisions = precision_comparison(ckpt, uploads, runs=2)
+        print(report(args, predictor.precision, auto_precision, pairs, rounds, loads, precisions))
+        for concurrency, runs in loads.items():
+            for error in [e for run in runs for e in run["errors"]][:3]:
+                print(f"failed at concurrency {concurrency}: {error}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""The HTTP server: the original tool's ``POST /classify`` API on LitServe, with dynamic batching.
+
+How a request travels, and why nothing a client sends can fail someone else's request:
+
+1. In the HTTP process, :class:`RequestGuard` answers requests that are not a multipart form or
+   that announce a body over the payload limit; LitServe's own size check stops bodies that lie
+   about their length; ``ClassifierAPI.authorize`` parses the form, so that a malformed multipart
+   body gets a 400 there.
+2. In the inference worker, :class:`AdaptiveBatchLoop` gathers requests into a batch, and
+   ``decode_request`` decodes and preprocesses each one on its own, before the batch is stacked
+   for the model, and never raises: a missing field or an undecodable image becomes a
+   :class:`Rejection` that travels through the batch in its slot.
+3. ``predict`` runs the model once on the good images of the batch; ``encode_response`` turns each
+   slot into its own answer, ``200`` with ranked predictions or ``4xx`` with the error.
+
+Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``.
+The server loads only the model file it was started with and never fetches anything a client
+names: the image bytes must be in the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from queue import Empty, Queue
+from typing import Any
+
+import litserve as ls
+import litserve.server
+import litserve.utils
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import LOGGING_CONFIG
+
+from imgclf.checkpoint import read_model
+from imgclf.errors import ImgclfError
+from imgclf.hardware import uses_cuda
+from imgclf.images import DEFAULT_MAX_PIXELS, load_image
+from imgclf.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+API_PATH = "/classify"
+INFO_PATH = "/info"
+# LitServe's own /info (devices, workers, timeouts) moves aside for the model's.
+LITSERVE_INFO_PATH = "/info/litserve"
+BATCH_SIZE_HEADER = "X-Batch-Size"
+HOSTS = ("0.0.0.0", "127.0.0.1", "::")
+ACCELERATORS = ("cpu", "cuda", "auto")
+USAGE = "send the image as a multipart form file field: curl -F img=@photo.jpg"
+
+
+class RequestError(ImgclfError):
+    """The client's request is malformed (as opposed to the image in it)."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request that failed before the model saw it (a 400); it keeps its slot in the batch."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request ready for the model: its preprocessed image and how many labels it wants."""
+
+    image: torch.Tensor
+    top_k: int | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One slot of a batch after ``predict``: ranked predictions or the request's rejection."""
+
+    result: list[dict[str, Any]] | Rejection
+    batch_size: int
+
+
+def error_response(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"success": False, "error": error}, status_code=status, headers=headers)
+
+
+def parse_top_k(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip().isdigit() or int(value) < 1:
+        raise RequestError(f"top_k={value!r}: give a whole number of at least 1, e.g. -F top_k=3")
+    return int(value)
+
+
+def image_bytes(form: Any) -> bytes:
+    """The bytes of the one uploaded ``img`` file in a parsed multipart form."""
+    uploads = form.getlist("img")
+    if not uploads:
+        raise RequestError(f"missing form field 'img'; {USAGE}")
+    if len(uploads) > 1:
+        raise RequestError(f"{len(uploads)} 'img' fields; send one image per request")
+    upload = uploads[0]
+    if isinstance(upload, str):
+        raise RequestError(f"field 'img' holds text, not a file (URLs are not fetched); {USAGE}")
+    return upload.file.read()
+
+
+class AdaptiveBatchLoop(BatchedLoop):
+    """LitServe's batched loop, gathering each batch by how many requests the last one had.
+
+    LitServe's own gathering polls the request queue every millisecond, idle or not, and waits
+    out ``batch_timeout`` whenever a batch is not full, so a lone client pays the timeout on every
+    request; on a CPU shared with other work it kept a third of this loop's throughput
+    (docs/benchmarks.md). Here the worker blocks until a request arrives and takes everything
+    already queued. Then, never past ``batch_timeout`` after the first arrival, it waits for as
+    many requests as the last batch had and, after a batch of several, for more that follow
+    within ``STRAGGLER_GAP``: a lone client never waits, and eight steady clients keep meeting in
+    batches of eight rather than settling into 5 + 3.
+    """
+
+    STRAGGLER_GAP = 0.01  # seconds; clients answered together come back a few ms apart
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected = 1
+
+    def get_batch_requests(
+        self, lit_api: ls.LitAPI, request_queue: Queue, transport: Any
+    ) -> tuple[list, list]:
+        payloads: list = []
+        timed_out: list = []
+        request = self.take(request_queue, timeout=1.0)
+        deadline = time.monotonic() + lit_api.batch_timeout
+        while request is not None:
+            self.admit(request, lit_api, transport, payloads, timed_out)
+            if len(payloads) + len(timed_out) >= lit_api.max_batch_size:
+                break
+            request = self.take(request_queue, timeout=self.patience(len(payloads), deadline))
+        if payloads:
+            self.expected = len(payloads)
+        return payloads, timed_out
+
+    def patience(self, gathered: int, deadline: float) -> float:
+        """How long to wait for the next request, with ``gathered`` in hand."""
+        left = deadline - time.monotonic()
+        if gathered < self.expected:
+            return left
+        if self.expected > 1:
+            return min(left, self.STRAGGLER_GAP)
+        return 0.0
+
+    @staticmethod
+    def take(request_queue: Queue, timeout: float) -> tuple | None:
+        try:
+            request = request_queue.get(timeout=timeout) if timeout > 0 else request_queue.get_nowait()
+        except Empty:
+            return None
+        if request == _SENTINEL_VALUE:
+            raise _StopLoopError()
+        return request
+
+    def admit(
+        self, request: tuple, lit_api: ls.LitAPI, transport: Any, payloads: list, timed_out: list
+    ) -> None:
+        """As LitServe's ``collate_requests`` does: acknowledge, then batch or time out."""
+        response_queue_id, uid, timestamp, x_enc = request
+        self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
+        waited = time.monotonic() - timestamp
+        if lit_api.request_timeout not in (-1, False, None) and waited > lit_api.request_timeout:
+            timed_out.append((response_queue_id, uid))
+        else:
+            payloads.append((response_queue_id, uid, x_enc))
+
+
+class ClassifierAPI(ls.LitAPI):
+    """One model file behind ``POST /classify``; the same :class:`Predictor` as classify.py."""
+
+    def __init__(
+        self,
+        ckpt_path: str | os.PathLike,
+        precision: str = "auto",
+        channels_last: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.05,
+    ) -> None:
+        # The batched loop even for max_batch_size=1, so that rejections work the same way.
+        super().__init__(
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            api_path=API_PATH,
+            loop=AdaptiveBatchLoop(),
+        )
+        self.ckpt_path = str(ckpt_path)
+        self.precision = precision
+        self.channels_last = channels_last
+        self.max_pixels = int(max_pixels)
+        self.threads = threads
+        # Written by the inference worker once it has checked bf16 against fp32, read by /info in
+        # the HTTP processes: shared memory, as the two never share Python objects.
+        self.resolved_precision = mp.get_context("spawn").Array("c", 32)
+
+    def setup(self, device: str) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.predictor = Predictor.from_file(
+            self.ckpt_path,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            device=device,
+        )
+        self.resolved_precision.value = self.predictor.precision.encode()
+
+    async def authorize(self, request: Request) -> None:
+        """Parse the form in the HTTP process, before LitServe's route handler does.
+
+        LitServe runs ``authorize`` as a FastAPI dependency of the route, on the same request
+        object, so the route finds the form already parsed. A malformed multipart body fails here
+        as a 400; inside LitServe's handler it would become a 500. Taking this hook switches off
+        LitServe's ``LIT_SERVER_API_KEY`` check, so it is repeated here.
+        """
+        api_key = litserve.server.LIT_SERVER_API_KEY
+        if api_key and request.headers.get("X-API-Key") != api_key:
+            raise HTTPException(401, "invalid or missing X-API-Key header")
+        await request.form()
+
+    # No annotations on decode_request's argument or encode_response's result: LitServe reads
+    # them to declare the FastAPI route. The argument is the parsed multipart form.
+    def decode_request(self, request):
+        try:
+            top_k = parse_top_k(request.get("top_k"))
+            image = load_image(image_bytes(request), max_pixels=self.max_pixels)
+            return Decoded(self.predictor.preprocess(image), top_k)
+        except ImgclfError as exc:
+            return Rejection(str(exc))
+        except Exception:
+            # Pillow's decoders can fail on crafted files in ways load_image does not anticipate;
+            # that is still the client's image, not a reason to fail the batch.
+            log.warning("unexpected error decoding an upload", exc_info=True)
+            return Rejection("the uploaded file could not be decoded as an image")
+
+    def batch(self, inputs: Sequence[Decoded | Rejection]) -> list[Decoded | Rejection]:
+        return list(inputs)
+
+    def predict(self, inputs: list[Decoded | Rejection]) -> list[Answer]:
+        good = [item for item in inputs if isinstance(item, Decoded)]
+        rows = iter(self.predictor.predict_batch(torch.stack([x.image for x in good])) if good else [])
+        results = [
+            self.predictor.ranked(next(rows), item.top_k) if isinstance(item, Decoded) else item
+            for item in inputs
+        ]
+        return [Answer(result, len(inputs)) for result in results]
+
+    def unbatch(self, outputs: list[Answer]) -> list[Answer]:
+        return outputs
+
+    def encode_response(self, output):
+        headers = {BATCH_SIZE_HEADER: str(output.batch_size)}
+        if isinstance(output.result, Rejection):
+            return error_response(400, output.result.error, headers)
+        return JSONResponse({"predictions": output.result, "success": True}, headers=headers)
+
+
+class RequestGuard:
+    """Answers, before any body is read, the requests ``/classify`` cannot take.
+
+    Without it LitServe parses any non-form body as JSON and answers a failure with a 500.
+    """
+
+    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
+        self.app = app
+        self.path = path
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
+            response = self.check(Headers(scope=scope))
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, headers: Headers) -> JSONResponse | None:
+        content_type = headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            return error_response(415, f"content type {content_type or 'none'!r} is not accepted; {USAGE}")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return error_response(413, too_large(self.max_bytes))
+        return None
+
+
+def too_large(max_bytes: int) -> str:
+    return f"the request is over the limit of {max_bytes:,} bytes; send a smaller image"
+
+
+def install_error_handlers(app: FastAPI, max_bytes: int) -> None:
+    """Every error the app answers is JSON ``{"success": false, "error": ...}``, never HTML.
+
+    413 comes from LitServe's size check on bodies without a Content-Length; FastAPI's request
+    validation (a 422) would mean a malformed request, hence 400.
+    """
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = too_large(max_bytes) if exc.status_code == 413 else str(exc.detail)
+        return error_response(exc.status_code, detail, exc.headers)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, f"invalid request: {exc.errors()}")
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
+    """What /info reports that does not change while serving; the precision is read live."""
+    record = read_model(cfg.ckpt_path)  # also fails fast, in the main process, on a bad path
+    return {
+        "classes": list(record["classes"]),
+        "hparams": record.get("hparams", {}),
+        "model_path": os.path.abspath(cfg.ckpt_path),
+        "preprocessing": record["preprocessing"],
+        "server": {
+            "accelerator": cfg.accelerator,
+            "workers_per_device": cfg.workers_per_device,
+            "max_batch_size": api.max_batch_size,
+            "batch_timeout": api.batch_timeout,
+            "max_payload_mb": cfg.max_payload_mb,
+        },
+    }
+
+
+def add_info_endpoint(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
+    async def model_info_endpoint() -> dict[str, Any]:
+        precision = api.resolved_precision.value.decode() or "loading"
+        return {**info, "precision": precision, "success": True}
+
+    app.add_api_route(INFO_PATH, model_info_endpoint, methods=["GET"])
+
+
+def cpu_threads(cfg: Any) -> int | None:
+    """Split the cores between CPU workers; more threads than cores only adds contention."""
+    if uses_cuda(cfg.accelerator) or cfg.workers_per_device <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // int(cfg.workers_per_device))
+
+
+def check_settings(cfg: Any) -> None:
+    if cfg.host not in HOSTS:
+        raise ImgclfError(f"host={cfg.host}: LitServe binds to one of {', '.join(HOSTS)}")
+    if cfg.accelerator not in ACCELERATORS:
+        raise ImgclfError(f"accelerator={cfg.accelerator}: use one of {', '.join(ACCELERATORS)}")
+    if cfg.accelerator == "cuda" and not torch.cuda.is_available():
+        raise ImgclfError("accelerator=cuda, but PyTorch sees no CUDA device; use accelerator=cpu")
+    for key, low in (("max_batch_size", 1), ("workers_per_device", 1)):
+        if int(cfg[key]) < low:
+            raise ImgclfError(f"{key}={cfg[key]}: use a whole number of at least {low}")
+    if float(cfg.batch_timeout) < 0:
+        raise ImgclfError(f"batch_timeout={cfg.batch_timeout}: use a number of seconds, e.g. 0.05")
+    if float(cfg.max_payload_mb) <= 0:
+        raise ImgclfError(f"max_payload_mb={cfg.max_payload_mb}: use a positive number")
+
+
+def build_server(cfg: Any) -> ls.LitServer:
+    """The configured :class:`litserve.LitServer`, not yet running (see conf/serve.yaml)."""
+    check_settings(cfg)
+    api = ClassifierAPI(
+        cfg.ckpt_path,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        max_pixels=cfg.max_image_pixels,
+        threads=cpu_threads(cfg),
+        max_batch_size=cfg.max_batch_size,
+        batch_timeout=cfg.batch_timeout,
+    )
+    info = model_info(cfg, api)
+    max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
+    server = ls.LitServer(
+        api,
+        accelerator=cfg.accelerator,
+        workers_per_device=cfg.workers_per_device,
+        timeout=cfg.timeout,
+        max_payload_size=max_bytes,
+        info_path=LITSERVE_INFO_PATH,
+        fast_queue=cfg.fast_queue,
+    )
+    install_error_handlers(server.app, max_bytes)
+    add_info_endpoint(server.app, info, api)
+    server.app.add_middleware(RequestGuard, path=API_PATH, max_bytes=max_bytes)
+    return server
+
+
+def log_to_stderr() -> None:
+    """Point LitServe's logger, which ``LitServer.run`` sends to stdout, at stderr."""
+    litserve.server.configure_logging = functools.partial(litserve.utils.configure_logging, stream=sys.stderr)
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """Uvicorn's logging, with the access log on stderr instead of stdout."""
+    handlers = {name: dict(handler) for name, handler in LOGGING_CONFIG["handlers"].items()}
+    handlers["access"]["stream"] = "ext://sys.stderr"
+    return {**LOGGING_CONFIG, "handlers": handlers}
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail with a message that says what to do, rather than uvicorn's bare errno."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ImgclfError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pass another port="
+            ) from None
+
+
+def serve(cfg: Any) -> None:
+    """Run the server until interrupted."""
+    server = build_server(cfg)
+    check_port_free(cfg.host, cfg.port)
+    log_to_stderr()
+    server.run(
+        host=cfg.host,
+        port=cfg.port,
+        num_api_servers=cfg.num_api_servers,
+        log_level=cfg.log_level,
+        generate_client_file=False,
+        access_log=cfg.access_log,
+        log_config=uvicorn_log_config(),
+    )

@@ -1,0 +1,461 @@
+"""The HTTP server, driven over real HTTP: ``python serve.py`` runs once for the module.
+
+Answers are compared exactly (as JSON floats) wherever the same pixels reach the model alone in a
+batch of one; that is what makes "the same answer as classify.py" and "rotated before
+classifying" checkable rather than approximate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, compose
+from PIL import Image
+
+MAX_BATCH = 4
+PAYLOAD_MB = 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ctrl+C, as a user would (LitServe then stops its workers); kill the group if that hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_model, tmp_path_factory) -> Path:
+    """``tiny_model`` with its last layer scaled down 1000 times.
+
+    The briefly trained model is so sure of itself that its probabilities are exactly 0 and 1 in
+    float32, which would make every comparison below pass whatever the pixels; scaled, the same
+    network gives probabilities that move with every pixel.
+    """
+    from imgclf.checkpoint import read_model, save_model
+
+    record = read_model(tiny_model)
+    head = [key for key in record["state_dict"] if key.startswith("head.")]
+    for key in head[-2:]:  # the last Linear's weight and bias
+        record["state_dict"][key] = record["state_dict"][key] / 1000
+    return save_model(record, tmp_path_factory.mktemp("serve_model") / "model.ckpt")
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    port = free_port()
+    folder = tmp_path_factory.mktemp("serve")
+    log_path, stdout_path = folder / "server.log", folder / "stdout.txt"
+    command = [
+        sys.executable,
+        "serve.py",
+        f"ckpt_path={model_path}",
+        "host=127.0.0.1",
+        f"port={port}",
+        f"max_batch_size={MAX_BATCH}",
+        f"max_payload_mb={PAYLOAD_MB}",
+    ]
+    with open(log_path, "wb") as log, open(stdout_path, "wb") as stdout:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stdout, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(process, url, log_path)
+        yield {"url": url, "process": process, "log": log_path}
+    finally:
+        stop(process)
+    assert stdout_path.read_text() == "", "the server wrote to stdout, which it keeps clean"
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"serve.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"serve.py did not become healthy:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server["url"], timeout=60) as http:
+        yield http
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits(small_digits_root) -> dict[str, Image.Image]:
+    """One real test image per class, as RGB."""
+    return {
+        label: Image.open(next((small_digits_root / "test" / label).glob("*.png"))).convert("RGB")
+        for label in ("0", "1", "7")
+    }
+
+
+def classify(client: httpx.Client, data: bytes, name: str = "photo.png", **fields: Any) -> httpx.Response:
+    return client.post("/classify", files={"img": (name, data)}, data=fields)
+
+
+def probabilities(response: httpx.Response) -> dict[str, float]:
+    assert response.status_code == 200, response.text
+    return {p["label"]: p["probability"] for p in response.json()["predictions"]}
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["success"] is False and set(body) == {"success", "error"}
+    assert body["error"]
+    return body["error"]
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+def test_health_and_info(client, model_path):
+    health = client.get("/health")
+    assert health.status_code == 200 and health.text == "ok"
+    info = client.get("/info").json()
+    assert info["success"] is True
+    assert info["classes"] == ["0", "1", "7"]
+    assert info["model_path"] == str(model_path.resolve())
+    assert info["hparams"]["image_size"] == 75
+    assert info["precision"] in ("bf16-mixed", "32-true")
+    assert info["server"]["max_batch_size"] == MAX_BATCH
+
+
+def test_response_schema_and_order(client, digits):
+    response = classify(client, encode(digits["7"]))
+    assert response.status_code == 200
+    body = response.json()
+    assert list(body) == ["predictions", "success"] and body["success"] is True
+    predictions = body["predictions"]
+    assert all(list(p) == ["label", "probability"] for p in predictions)
+    assert sorted(p["label"] for p in predictions) == ["0", "1", "7"]
+    values = [p["probability"] for p in predictions]
+    assert values == sorted(values, reverse=True)
+    assert sum(values) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_top_k(client, digits):
+    data = encode(digits["1"])
+    everything = classify(client, data).json()["predictions"]
+    assert classify(client, data, top_k="2").json()["predictions"] == everything[:2]
+    assert classify(client, data, top_k="10").json()["predictions"] == everything
+    for bad in ("0", "-1", "two", "1.5"):
+        assert "top_k" in assert_error(classify(client, data, top_k=bad), 400)
+
+
+def test_same_probabilities_as_classify_script(client, digits, model_path, tmp_path):
+    path = tmp_path / "seven.png"
+    path.write_bytes(encode(digits["7"]))
+    script = subprocess.run(
+        [sys.executable, "scripts/classify.py", f"ckpt_path={model_path}", f"img={path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert script.returncode == 0, script.stderr
+    assert probabilities(classify(client, path.read_bytes())) == json.loads(script.stdout)
+
+
+# --- valid but awkward images: 200, handled the way load_image promises ----------------------
+
+
+def test_exif_rotation_is_applied_before_classifying(client, digits):
+    photo = encode(digits["7"], "JPEG", quality=95, exif=exif_orientation(6))
+    stored = Image.open(io.BytesIO(photo)).convert("RGB")  # pixels as stored, not yet rotated
+    # Orientation 6: the camera was turned, the picture is shown rotated 90 degrees clockwise.
+    upright = stored.transpose(Image.Transpose.ROTATE_270)
+    answer = probabilities(classify(client, photo, "photo.jpg"))
+    assert answer == probabilities(classify(client, encode(upright)))
+    assert answer != probabilities(classify(client, encode(stored)))
+
+
+def exif_orientation(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif
+
+
+def test_first_frame_of_gif_and_tiff(client, digits):
+    frames = [digits["7"], digits["0"]]
+    for fmt in ("GIF", "TIFF"):
+        data = encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+        opened = Image.open(io.BytesIO(data))
+        assert opened.n_frames == 2
+        first = opened.convert("RGB")
+        opened.seek(1)
+        second = opened.convert("RGB")
+        answer = probabilities(classify(client, data, f"anim.{fmt.lower()}"))
+        assert answer == probabilities(classify(client, encode(first))), fmt
+        assert answer != probabilities(classify(client, encode(second))), fmt
+
+
+def test_transparency_is_flattened_on_white(client, digits):
+    rgb = np.asarray(digits["7"])
+    alpha = np.where(rgb.mean(axis=2) < 64, 0, 255).astype(np.uint8)  # dark background see-through
+    rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    flattened = np.where(alpha[..., None] == 0, 255, rgb).astype(np.uint8)
+    answer = probabilities(classify(client, encode(rgba)))
+    assert answer == probabilities(classify(client, encode(Image.fromarray(flattened, "RGB"))))
+
+
+def test_grayscale_cmyk_and_16_bit(client, digits):
+    gray = digits["7"].convert("L")
+    assert probabilities(classify(client, encode(gray))) == probabilities(
+        classify(client, encode(gray.convert("RGB")))
+    )
+    cmyk = encode(digits["7"].convert("CMYK"), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(cmyk)).mode == "CMYK"
+    probabilities(classify(client, cmyk, "cmyk.jpg"))
+    deep = Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257)  # 16-bit grayscale
+    data = encode(deep)
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    probabilities(classify(client, data))
+
+
+# --- bad requests: 4xx with a JSON error, never a 500 ----------------------------------------
+
+
+def truncated_jpeg() -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG")
+    return data[: len(data) // 2]
+
+
+def decompression_bomb() -> bytes:
+    """100 megapixels in about twelve kilobytes."""
+    return encode(Image.new("1", (10_000, 10_000)))
+
+
+BAD_FILES = {
+    "empty file": b"",
+    "text file": b"just some words, not an image\n",
+    "html": b"<!doctype html><html><body><img src='http://localhost/cat.jpg'></body></html>",
+    "truncated jpeg": truncated_jpeg,
+    "decompression bomb": decompression_bomb,
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_files(client, name):
+    data = BAD_FILES[name]
+    assert_error(classify(client, data() if callable(data) else data, "upload"), 400)
+
+
+def test_bad_forms(client, digits):
+    image = encode(digits["7"])
+    assert "img" in assert_error(client.post("/classify", files={"other": ("a.png", image)}), 400)
+    assert "text" in assert_error(
+        client.post("/classify", data={"img": "http://localhost/a.jpg"}, files={"x": ("x", b"")}),
+        400,
+    )
+    two = [("img", ("a.png", image)), ("img", ("b.png", image))]
+    assert "one image" in assert_error(client.post("/classify", files=two), 400)
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("application/json", b'{"img": "http://localhost/a.jpg"}'),
+        ("application/x-www-form-urlencoded", b"img=http%3A%2F%2Flocalhost%2Fa.jpg"),
+        ("text/plain", b"hello"),
+        ("image/jpeg", b"\xff\xd8\xff"),
+        (None, b""),
+    ],
+)
+def test_unsupported_content_types(client, content_type, body):
+    headers = {"content-type": content_type} if content_type else {}
+    assert_error(client.post("/classify", content=body, headers=headers), 415)
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("multipart/form-data", b"no boundary given"),
+        ("multipart/form-data; boundary=xyz", b"garbage that never starts a part"),
+        (
+            "multipart/form-data; boundary=xyz",
+            b'--xyz\r\nContent-Disposition: form-data; name="img"; filename="a.png"\r\n\r\n\x89PNG',
+        ),
+    ],
+)
+def test_malformed_multipart(client, content_type, body):
+    assert_error(client.post("/classify", content=body, headers={"content-type": content_type}), 400)
+
+
+def test_other_routes_answer_json(client):
+    assert_error(client.get("/classify"), 405)
+    assert_error(client.get("/no/such/page"), 404)
+
+
+def test_payload_limit(client):
+    big = os.urandom(PAYLOAD_MB * 1024 * 1024 + 1)
+    assert "limit" in assert_error(classify(client, big), 413)
+    # Without a Content-Length the limit is enforced while the body streams in.
+    boundary = "limitboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="img"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post(
+        "/classify",
+        content=chunks(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert_error(response, 413)
+
+
+def test_one_bad_image_does_not_fail_its_batch(client, digits):
+    """Four concurrent requests, one of them broken, answered from one batch."""
+    alone = {label: probabilities(classify(client, encode(digits[label]))) for label in ("0", "1", "7")}
+    uploads = [encode(digits["0"]), b"not an image", encode(digits["1"]), encode(digits["7"])]
+    # 36 megapixels keep the worker decoding while the four requests queue up behind it.
+    slow = encode(Image.new("RGB", (6000, 6000), "gray"))
+    for _attempt in range(5):  # arrival order is up to the OS; retry until the four met
+        busy = threading.Thread(target=classify, args=(client, slow))
+        busy.start()
+        time.sleep(0.2)
+        responses = post_together(client, uploads)
+        busy.join()
+        assert_error(responses[1], 400)
+        for label, response in zip(("0", "1", "7"), (responses[0], responses[2], responses[3])):
+            # batch composition may move the last bits of a probability, never more
+            assert probabilities(response) == pytest.approx(alone[label], abs=1e-3)
+        if all(r.headers["x-batch-size"] == str(MAX_BATCH) for r in responses):
+            return
+    pytest.fail("the four concurrent requests never shared a batch")
+
+
+def post_together(client: httpx.Client, uploads: list[bytes]) -> list[httpx.Response]:
+    start = threading.Barrier(len(uploads))
+    responses: list[httpx.Response | None] = [None] * len(uploads)
+
+    def post(index: int) -> None:
+        start.wait()
+        responses[index] = classify(client, uploads[index])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(uploads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses
+
+
+def test_still_right_after_the_battery(client, server, digits, model_path, tmp_path):
+    """Runs last: the server is alive, answers as before, and logged no traceback."""
+    test_same_probabilities_as_classify_script(client, digits, model_path, tmp_path)
+    assert server["process"].poll() is None
+    assert "Traceback" not in server["log"].read_text()
+
+
+# --- without a running server -----------------------------------------------------------------
+
+
+def test_config_defaults(tmp_path):
+    cfg = compose("serve", output_dir=tmp_path)
+    assert cfg.ckpt_path == "data/trained_model/model.ckpt"
+    assert (cfg.port, cfg.max_payload_mb, cfg.precision) == (5000, 20, "auto")
+
+
+def test_missing_model_fails_before_serving(tmp_path):
+    from imgclf.errors import ImgclfError
+    from imgclf.serving import build_server
+
+    cfg = compose("serve", [f"ckpt_path={tmp_path}/none.ckpt"], output_dir=tmp_path)
+    with pytest.raises(ImgclfError, match="no trained model"):
+        build_server(cfg)
+
+
+def test_busy_port_is_a_clear_error():
+    from imgclf.errors import ImgclfError
+    from imgclf.serving import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ImgclfError, match="port="):
+            check_port_free("127.0.0.1", taken.getsockname()[1])
+
+
+def test_missing_model_is_one_line_on_stderr(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "serve.py", f"ckpt_path={tmp_path}/none.ckpt", f"port={free_port()}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no trained model")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "host=localhost",
+        "accelerator=tpu",
+        "max_batch_size=0",
+        "workers_per_device=0",
+        "batch_timeout=-1",
+    ],
+)
+def test_bad_settings_are_user_errors(tmp_path, override):
+    from imgclf.errors import ImgclfError
+    from imgclf.serving import build_server
+
+    with pytest.raises(ImgclfError, match=override.split("=")[0]):
+        build_server(compose("serve", [override], output_dir=tmp_path))
+
+
+def test_cpu_workers_share_the_cores(tmp_path):
+    from imgclf.serving import cpu_threads
+
+    assert cpu_threads(compose("serve", [], output_dir=tmp_path)) is None
+    two = compose("serve", ["workers_per_device=2"], output_dir=tmp_path)
+    assert cpu_threads(two) == max(1, os.cpu_count() // 2)
