@@ -209,7 +209,7 @@ def fine_tune_on_images(
     loggers,
     checkpoint_dir: Path,
     epochs: int,
-    stage1: ModelCheckpoint,
+    stage1: BestHead,
     best: dict[str, Any],
 ) -> dict[str, Any]:
     """Stage 2 after a cached stage 1; keeps whichever stage validated better."""
