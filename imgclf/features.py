@@ -20,7 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from imgclf.data import ImageFolderDataModule
 from imgclf.hardware import autocast_dtype
@@ -162,7 +162,11 @@ def load_or_compute(
 
 
 class FeatureDataset(Dataset):
-    """(features, target) pairs; for training, a random stored view of each image per epoch."""
+    """(features, targets) by the batch; for training, a random stored view of each image per epoch.
+
+    Indexed with a list of indices (see :class:`FeatureDataModule`): one gather per batch instead of
+    one Python call and a collate per image, which would cost more than the head's step itself.
+    """
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         self.features = features
@@ -171,11 +175,12 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        item = self.features[index]
-        if item.dim() == 2:
-            item = item[torch.randint(len(item), ()).item()]
-        return item.float(), int(self.targets[index])
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        items = self.features[index]
+        if items.dim() == 3:  # [batch, views, D]: one random view of each
+            items = items[torch.arange(len(index)), torch.randint(items.shape[1], (len(index),))]
+        return items.float(), self.targets[index].long()
 
 
 class FeatureDataModule(pl.LightningDataModule):
@@ -184,10 +189,14 @@ class FeatureDataModule(pl.LightningDataModule):
         self.features = features
         self.batch_size = batch_size
 
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = FeatureDataset(self.features[split], self.features[f"{split}_targets"])
+        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        # batch_size=None: the sampler hands the dataset whole batches of indices
+        return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+
     def train_dataloader(self) -> DataLoader:
-        dataset = FeatureDataset(self.features["train"], self.features["train_targets"])
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = FeatureDataset(self.features["val"], self.features["val_targets"])
-        return DataLoader(dataset, batch_size=max(self.batch_size, 256))
+        return self._loader("val", max(self.batch_size, 256), shuffle=False)

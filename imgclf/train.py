@@ -92,6 +92,9 @@ def build_trainer(
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
     trainer_cfg["max_epochs"] = max_epochs
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        # Lightning would add its own, writing the whole network (~90 MB) after every epoch.
+        trainer_cfg["enable_checkpointing"] = False
     log.info("Instantiating trainer <%s> (precision %s)", trainer_cfg["_target_"], trainer_cfg["precision"])
     return build(trainer_cfg, callbacks=callbacks, logger=loggers or False)
 

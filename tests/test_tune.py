@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
 from optuna.trial import TrialState
 from postgres import postgres_bin, postgres_server
 
+from imgclf.config import build
 from imgclf.errors import ImgclfError
+from imgclf.features import FeatureDataModule
+from imgclf.module import fused_if_available
 from imgclf.train import train
 
 # Trials stay small: 1-2 epochs of a frozen backbone on cached features, no stage 2.
@@ -200,6 +204,8 @@ def test_feature_cache_is_reused_and_invalidated(tmp_path, small_digits_root, ba
     first = run()
     assert "Computing backbone features once" in first["log"]
     assert len(list(cache.glob("*.pt"))) == 1
+    # stage 1 keeps its best head in memory: no checkpoint of the whole network per epoch
+    assert not list(tmp_path.rglob("*.ckpt"))
     second = run("model.head.hidden_size=32", "model.optimizer.lr=0.01")
     assert "Reusing cached backbone features" in second["log"]
     assert len(list(cache.glob("*.pt"))) == 1
@@ -210,6 +216,46 @@ def test_feature_cache_is_reused_and_invalidated(tmp_path, small_digits_root, ba
     torch.save(state, other_weights)
     assert "Computing backbone features once" in run(f"model.weights_path={other_weights}")["log"]
     assert len(list(cache.glob("*.pt"))) == 3
+
+
+def test_feature_batches_hold_every_image_once_as_one_of_its_views():
+    views, dim = 3, 4
+    train = torch.arange(7 * views * dim, dtype=torch.float16).reshape(7, views, dim)
+    val = torch.arange(5 * dim, dtype=torch.float16).reshape(5, dim)
+    features = {"train": train, "train_targets": torch.arange(7), "val": val, "val_targets": torch.arange(5)}
+    datamodule = FeatureDataModule(features, batch_size=3)
+
+    seen = []
+    for items, targets in datamodule.train_dataloader():
+        assert items.dtype == torch.float32 and len(items) <= 3
+        for item, target in zip(items, targets):
+            assert any(torch.equal(item, view.float()) for view in train[target])
+        seen += targets.tolist()
+    assert sorted(seen) == list(range(7))
+    batches = list(datamodule.val_dataloader())
+    assert len(batches) == 1
+    assert torch.equal(batches[0][0], val.float()) and batches[0][1].tolist() == list(range(5))
+
+
+def test_optimiser_runs_fused_unless_the_config_says_otherwise():
+    head = torch.nn.Linear(8, 2)
+    params = list(head.parameters())
+
+    def fused(factory, clips=False) -> bool | None:
+        return fused_if_available(factory, params, clips)(params=params).defaults.get("fused")
+
+    assert fused(functools.partial(torch.optim.Adam, lr=1e-3)) is True
+    assert not fused(functools.partial(torch.optim.Adam, lr=1e-3, fused=False))
+    assert not fused(functools.partial(torch.optim.Adam, lr=1e-3, foreach=True))
+    assert not fused(functools.partial(torch.optim.Adam, lr=1e-3), clips=True)
+    assert not fused(functools.partial(torch.optim.RMSprop, lr=1e-3))  # has no fused kernel
+
+    cfg = compose("train", FAST_TRAIN)
+    module = build(cfg.model, num_classes=3, class_counts=[1, 1, 1])
+    assert module.configure_optimizers().defaults["fused"] is True
+    cfg = compose("train", FAST_TRAIN + ["+model.optimizer.fused=false"])
+    module = build(cfg.model, num_classes=3, class_counts=[1, 1, 1])
+    assert not module.configure_optimizers().defaults["fused"]
 
 
 def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weights):
