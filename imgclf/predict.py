@@ -122,13 +122,6 @@ class Predictor:
             logits = self.model(batch)
         return torch.softmax(logits.float(), dim=1).cpu()
 
-    def iter_dataset(
-        self, dataset: Dataset, batch_size: int = 32, num_workers: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-        for images, targets in loader:
-            yield self.predict_batch(images), targets
-
     def as_dict(self, probabilities: torch.Tensor) -> dict[str, float]:
         """{label: probability} in the model's class order."""
         return {label: float(p) for label, p in zip(self.classes, probabilities.tolist())}

@@ -24,6 +24,7 @@ from imgclf.checkpoint import model_record, save_model
 from imgclf.config import build, build_all
 from imgclf.data import ImageFolderDataModule
 from imgclf.errors import ImgclfError
+from imgclf.evaluate import EvalImages, predict_split
 from imgclf.features import FeatureDataModule, load_or_compute
 from imgclf.finetune import StagedFineTuning
 from imgclf.hardware import resolve_precision
@@ -238,14 +239,13 @@ def fine_tune_on_images(
 
 
 def accuracy(predictor: Predictor, datamodule: ImageFolderDataModule, split: str) -> float:
-    correct = total = 0
-    dataset = datamodule.dataset(split)
-    for probabilities, targets in predictor.iter_dataset(
-        dataset, datamodule.batch_size, datamodule.num_workers
-    ):
-        correct += int((probabilities.argmax(1) == targets).sum())
-        total += len(targets)
-    return correct / max(total, 1)
+    """The saved model's accuracy on a split, counted as ``eval.py`` counts it."""
+    samples = datamodule.listings[split].samples(datamodule.classes)
+    dataset = EvalImages(samples, predictor.transform, predictor.preprocessing["crop"])
+    probabilities, targets, _ = predict_split(
+        predictor, dataset, datamodule.batch_size, datamodule.num_workers, f"accuracy on {split}"
+    )
+    return float((probabilities.argmax(axis=1) == targets).mean())
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

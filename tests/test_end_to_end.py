@@ -31,6 +31,12 @@ def test_digits_train_eval_classify(tmp_path, digits_root, digits_model):
     assert confusion.trace().item() / confusion.sum().item() == pytest.approx(metrics["accuracy"])
     assert (model_dir / "eval_test" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
+    # train.py's reported val accuracy is counted as eval.py counts it
+    on_val = run_script("eval", "split=val", f"data.root={digits_root}", f"paths.model_dir={model_dir}", logs)
+    assert on_val.returncode == 0, on_val.stderr[-3000:]
+    val_metrics = json.loads((model_dir / "eval_val" / "metrics.json").read_text())
+    assert val_metrics["accuracy"] == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
+
     images = sorted((digits_root / "test" / "3").glob("*.png"))[:2]
     single = run_script("classify", f"img={images[0]}", f"paths.model_dir={model_dir}")
     assert single.returncode == 0, single.stderr[-3000:]
