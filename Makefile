@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: install
 
 test: install system-deps
 	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
 
 bench: install system-deps
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -25,12 +25,12 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fixture server lives with the tests
 
-from scrape_fixture.images import Route, encode, picture
-from scrape_fixture.server import FixtureServer
+from scrape_fixture.images import Route, encode, picture  # noqa: E402
+from scrape_fixture.server import FixtureServer  # noqa: E402
 
-from imgclf.scrape.downloader import DownloadSettings, download, make_client
-from imgclf.scrape.engines import ImageHit
-from imgclf.scrape.store import DatasetStore, Origin
+from imgclf.scrape.downloader import DownloadSettings, download, make_client  # noqa: E402
+from imgclf.scrape.engines import ImageHit  # noqa: E402
+from imgclf.scrape.store import DatasetStore, Origin  # noqa: E402
 
 GOAL = 5.0
 

@@ -2,7 +2,8 @@
 
 Builds 4,000 distinct 64x64 pictures from scikit-learn's digits (random rotation, scale, shift,
 noise), then reviews the first 1,000, 2,000 and 4,000 of them side by side in one run and prints
-seconds per stage (best of two runs), images/s and the growth ratio (4.0 for 4x the images is linear; all-pairs would be 16).
+seconds per stage (best of two runs), images/s and the growth ratio (4.0 for 4x the images is
+linear; all-pairs would be 16).
 
 Labels are checked with ``labels.features=pixels``: the backbone's cost is Inception v3 inference
 (the same per image as evaluation) and would hide the review's own scaling on a small CPU.

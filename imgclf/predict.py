@@ -6,11 +6,10 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from imgclf.checkpoint import load_model
 from imgclf.hardware import autocast_dtype, resolve_precision

@@ -161,7 +161,9 @@ class ResumableSweep(OptunaSweeperImpl):
             if remaining <= 0:
                 break
             if failures >= 2 * self.n_trials:  # most of the space crashes: say so, don't spin
-                log.error("Stopping: %d trials failed in this run; see their logs in %s", failures, self.sweep_dir)
+                log.error(
+                    "Stopping: %d trials failed in this run; see their logs in %s", failures, self.sweep_dir
+                )
                 break
             trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
             for trial in trials:

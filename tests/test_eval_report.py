@@ -188,7 +188,9 @@ def test_an_undecodable_image_is_left_out_not_replaced(tiny_model, small_digits_
 def test_bad_splits_are_clear_errors(tiny_model, small_digits_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(small_digits_root, root)
-    run = lambda: evaluate(eval_cfg(tiny_model, root, tmp_path / "r"))
+
+    def run() -> dict:
+        return evaluate(eval_cfg(tiny_model, root, tmp_path / "r"))
 
     (root / "test" / "7").rename(root / "test" / "seven")
     with pytest.raises(ImgclfError, match=r"classes the model does not know: seven; .* trained on: 0, 1, 7"):

@@ -32,8 +32,13 @@ def plant_problems(source: Path, root: Path) -> dict[str, set[str]]:
     """Copy the digits and plant one of each problem; returns {reason: {paths}} expected."""
     shutil.copytree(source, root)
     rng = random.Random(7)
-    pick = lambda split, label: rng.choice(sorted((root / split / label).glob("*.png")))
-    rel = lambda path: path.relative_to(root).as_posix()
+
+    def pick(split: str, label: str) -> Path:
+        return rng.choice(sorted((root / split / label).glob("*.png")))
+
+    def rel(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
     expected: dict[str, set[str]] = {}
 
     original = pick("train", "3")  # byte-for-byte copy in val: leakage
