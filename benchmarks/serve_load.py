@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,8 @@ from imgclf.predict import Predictor
 from imgclf.transforms import eval_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the server helpers live with the tests
+from processes import free_port, stop  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with
@@ -194,12 +194,6 @@ def drive(url: str, uploads: list[bytes], concurrency: int, requests: int) -> di
 # --- the server ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(ckpt: Path, port: int, precision: str, log_path: Path) -> subprocess.Popen:
     import httpx
 
@@ -223,18 +217,8 @@ def start_server(ckpt: Path, port: int, precision: str, log_path: Path) -> subpr
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    stop_server(process)
+    stop(process)
     raise SystemExit(f"the server did not start:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # --- bf16 + channels-last against fp32 -----------------------------------------------------------
@@ -465,7 +449,7 @@ def main() -> None:
                 client.submit(drive, url, uploads, 2, 4).result()  # warm-up
                 pairs, rounds, loads = measure(args, predictor, uploads, client, url)
         finally:
-            stop_server(process)
+            stop(process)
 
         print("bf16 against fp32 ...", file=sys.stderr)
         precisions = precision_comparison(ckpt, uploads, runs=2)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,26 +24,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose
 from PIL import Image
+from processes import free_port, stop
 
 MAX_BATCH = 4
 PAYLOAD_MB = 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Ctrl+C, as a user would (LitServe then stops its workers); kill the group if that hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -177,24 +177,30 @@ def test_two_processes_share_a_postgresql_study(tmp_path, small_digits_root, bac
     assert len(owners) == 2, "both processes should have run trials of the shared study"
 
 
+def frozen_backbone_cfg(weights: Path, root: Path, tmp_path: Path, model_dir: Path, *extra: str):
+    """One train.py config with the digits backbone frozen: what a sweep trial runs."""
+    return compose(
+        "train",
+        FAST_TRAIN
+        + [
+            "model.pretrained=true",
+            f"model.weights_path={weights}",
+            f"data.root={root}",
+            f"paths.model_dir={model_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "save_model=false",
+            *extra,
+        ],
+        output_dir=tmp_path,
+    )
+
+
 def test_feature_cache_is_reused_and_invalidated(tmp_path, small_digits_root, backbone_weights, caplog):
     cache = tmp_path / "cache"
 
     def run(*extra: str) -> dict:
-        cfg = compose(
-            "train",
-            FAST_TRAIN
-            + [
-                "model.pretrained=true",
-                f"model.weights_path={backbone_weights}",
-                f"data.root={small_digits_root}",
-                f"paths.model_dir={tmp_path / 'model'}",
-                f"paths.cache_dir={cache}",
-                "trainer.max_epochs=1",
-                "save_model=false",
-                *extra,
-            ],
-            output_dir=tmp_path,
+        cfg = frozen_backbone_cfg(
+            backbone_weights, small_digits_root, tmp_path, tmp_path / "model", "trainer.max_epochs=1", *extra
         )
         with caplog.at_level("INFO"):
             caplog.clear()
@@ -260,20 +266,13 @@ def test_optimiser_runs_fused_unless_the_config_says_otherwise():
 
 def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weights):
     def val_acc(cache: bool) -> float:
-        cfg = compose(
-            "train",
-            FAST_TRAIN
-            + [
-                "model.pretrained=true",
-                f"model.weights_path={backbone_weights}",
-                f"data.root={digits_root}",
-                f"paths.model_dir={tmp_path / str(cache)}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-                "trainer.max_epochs=2",
-                "save_model=false",
-                f"features.cache={str(cache).lower()}",
-            ],
-            output_dir=tmp_path,
+        cfg = frozen_backbone_cfg(
+            backbone_weights,
+            digits_root,
+            tmp_path,
+            tmp_path / str(cache),
+            "trainer.max_epochs=2",
+            f"features.cache={str(cache).lower()}",
         )
         return train(cfg)["val/acc"]
 
