@@ -27,6 +27,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -226,19 +227,25 @@ class ResumableSweep(OptunaSweeperImpl):
 
 
 def show_best_trials(trials: list[optuna.trial.FrozenTrial], metric: str) -> None:
-    table = Table(title=f"best trials by {metric}")
-    table.add_column("trial", justify="right")
-    table.add_column(metric, justify="right")
     names = sorted({k for t in trials for k in t.params})
-    for name in names:
-        table.add_column(name.split(".")[-1])  # "lr", "hidden_size": the table fits a terminal
-    for t in trials:
-        cells = [
-            f"{t.params[n]:.3g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, ""))
-            for n in names
-        ]
-        table.add_row(str(t.number), f"{t.value:.4f}", *cells)
-    Console().print(table)
+
+    def cell(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value if value is not None else "")
+
+    rows = [[str(t.number), f"{t.value:.4f}"] + [cell(t.params.get(n)) for n in names] for t in trials]
+    # Short headers ("lr", "hidden_size"); on a narrow terminal the headers fold, the values never.
+    headers = ["trial", metric] + [name.split(".")[-1] for name in names]
+    table = Table(title=f"best trials by {metric}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, header in enumerate(headers):
+        widest = max((len(row[i]) for row in rows), default=1)
+        table.add_column(header, justify="right" if i < 2 else "left", overflow="fold", min_width=widest)
+    for row in rows:
+        table.add_row(*row)
+    # Piped to a file or a CI log there is no terminal width to respect: print the table whole.
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    console.print(table)
 
 
 class ResumableOptunaSweeper(OptunaSweeper):

@@ -87,6 +87,10 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
         "model.class_weighting",
     }
     assert "best trials by val/acc" in result.stdout
+    # piped, the table prints whole: full headers and values, not "hidde…" and "0.00…"
+    assert "hidden_size" in result.stdout and "max_epochs" in result.stdout
+    assert f"{best.params['model.optimizer.lr']:.3g}" in result.stdout
+    assert "Trainable params" not in result.stdout + result.stderr  # no model table per trial
 
     # the command line wins over best_hparams.yaml, so leave the searched keys off it
     fast = [o for o in FAST_TRAIN if not o.startswith("model.optimizer.lr")]
