@@ -14,6 +14,7 @@ def test_digits_train_eval_classify(tmp_path, digits_root, digits_model):
     model_dir, train = digits_model
     logs = f"paths.log_dir={tmp_path / 'logs'}"
     assert "train accuracy: " in train.stdout and "val accuracy: " in train.stdout
+    assert "Tip:" not in train.stdout + train.stderr  # Lightning's product tips are filtered out
     record = torch.load(model_dir / "model.ckpt", weights_only=True)
     assert record["classes"] == [str(d) for d in range(10)]
 
