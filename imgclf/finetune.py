@@ -35,15 +35,26 @@ class StagedFineTuning(BaseFinetuning):
     def finetune_function(
         self, pl_module: pl.LightningModule, current_epoch: int, optimizer: Optimizer
     ) -> None:
-        if current_epoch != self.unfreeze_at_epoch:
+        if self.unfreeze_at_epoch is None or current_epoch < self.unfreeze_at_epoch:
             return
-        for group in optimizer.param_groups:
-            group["lr"] *= self.lr_factor
         backbone = pl_module.model.backbone
         modules = [getattr(backbone, name) for name in self.blocks]
-        self.unfreeze_and_add_param_group(
-            modules, optimizer, lr=optimizer.param_groups[0]["lr"], train_bn=False
-        )
+        if current_epoch == self.unfreeze_at_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.lr_factor
+            self.unfreeze_and_add_param_group(
+                modules, optimizer, lr=optimizer.param_groups[0]["lr"], train_bn=False
+            )
+        else:
+            # Resumed past the unfreeze epoch: Lightning restored the blocks' param group into the
+            # optimizer, but setup() froze the whole backbone again.
+            self.make_trainable(modules)
+        # make_trainable also flags the BatchNorm layers trainable though they are not in the
+        # optimizer: gradients computed for nothing, and on_train_epoch_start below would leave
+        # them free to switch to train mode (statistics drifting with every batch). Undo that.
+        for module in self.flatten_modules(modules):
+            if isinstance(module, _BatchNorm):
+                self.freeze_module(module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)

@@ -28,7 +28,7 @@ from imgclf.evaluate import EvalImages, predict_split
 from imgclf.features import FeatureDataModule, load_or_compute
 from imgclf.finetune import StagedFineTuning
 from imgclf.hardware import resolve_precision
-from imgclf.io import atomic_write_json
+from imgclf.io import atomic_torch_save, atomic_write_json
 from imgclf.model import imagenet_weights_available, missing_weights_message, preprocessing_for
 from imgclf.module import ClassifierModule
 from imgclf.predict import Predictor
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 
 def run_fingerprint(cfg: DictConfig) -> str:
-    """What makes an interrupted run resumable: same data, model, trainer and seed."""
-    relevant = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "trainer")}
+    """What makes an interrupted run resumable: same data, model, trainer, feature cache and seed."""
+    keys = [k for k in ("data", "model", "trainer", "features") if k in cfg]
+    relevant = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
     relevant["trainer"].pop("default_root_dir", None)  # a new timestamped folder every run
     relevant["seed"] = cfg.seed
     text = json.dumps(relevant, sort_keys=True, default=str)
@@ -54,8 +55,9 @@ class RunState:
         self.path = directory.parent / "train_state.json"
         self.fingerprint = fingerprint
 
-    def resume_path(self) -> Path | None:
-        last = self.directory / "last.ckpt"
+    def resume_path(self, last: Path | None = None) -> Path | None:
+        """``last`` (default: ``last.ckpt`` in the checkpoint folder) when it belongs to this run."""
+        last = last or self.directory / "last.ckpt"
         try:
             state = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -136,6 +138,17 @@ class BestHead(Callback):
         module.model.head.load_state_dict(self.state)
         return {"epoch": self.epoch, "val/acc": self.score}
 
+    def save(self, path: Path) -> None:
+        """Kept on disk while stage 2 runs, so that an interrupted stage 2 can resume."""
+        atomic_torch_save({"state": self.state, "score": self.score, "epoch": self.epoch}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> BestHead:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        best = cls()
+        best.state, best.score, best.epoch = saved["state"], float(saved["score"]), int(saved["epoch"])
+        return best
+
 
 def wiring_checked(trainer: pl.Trainer) -> dict[str, Any]:
     """fast_dev_run: one batch each way ran; report its metrics, save nothing."""
@@ -186,22 +199,40 @@ def fit_with_feature_cache(
     cfg, module, datamodule, loggers, checkpoint_dir: Path, epochs: int, fine_tune: bool
 ) -> dict[str, Any] | None:
     state = RunState(checkpoint_dir, run_fingerprint(cfg))
-    state.start_fresh()  # stage 1 from cached features takes seconds: nothing worth resuming
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
-    features = load_or_compute(
-        module.model, datamodule, cfg.model, cfg.paths.cache_dir, cfg.features.views, precision
-    )
-    module.inputs = "features"
-    stage1 = BestHead()
-    callbacks = build_all(cfg.get("callbacks"), "callback") + [StagedFineTuning(), stage1]
-    trainer = build_trainer(cfg, callbacks, loggers, epochs)
-    trainer.fit(module, datamodule=FeatureDataModule(features, datamodule.batch_size))
-    module.inputs = "images"
-    if trainer.fast_dev_run:
-        return wiring_checked(trainer)
+    stage1_file = checkpoint_dir / "stage1_head.ckpt"
+    stage2_dir = checkpoint_dir / "stage2"
+    resume_from = None
+    if fine_tune and cfg.get("resume", True) and stage1_file.is_file():
+        resume_from = state.resume_path(stage2_dir / "last.ckpt")
+    if resume_from:
+        stage1 = BestHead.load(stage1_file)
+        log.info(
+            "Resuming the interrupted run: stage 1 had finished (val/acc %.4f), stage 2 continues from %s",
+            stage1.score,
+            resume_from,
+        )
+    else:
+        # Stage 1 from cached features takes seconds: it is rerun rather than resumed.
+        state.start_fresh()
+        precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+        features = load_or_compute(
+            module.model, datamodule, cfg.model, cfg.paths.cache_dir, cfg.features.views, precision
+        )
+        module.inputs = "features"
+        stage1 = BestHead()
+        callbacks = build_all(cfg.get("callbacks"), "callback") + [StagedFineTuning(), stage1]
+        trainer = build_trainer(cfg, callbacks, loggers, epochs)
+        trainer.fit(module, datamodule=FeatureDataModule(features, datamodule.batch_size))
+        module.inputs = "images"
+        if trainer.fast_dev_run:
+            return wiring_checked(trainer)
+        if fine_tune:
+            stage1.save(stage1_file)
     best = stage1.restore(module)
     if fine_tune:
-        best = fine_tune_on_images(cfg, module, datamodule, loggers, checkpoint_dir, epochs, stage1, best)
+        best = fine_tune_on_images(
+            cfg, module, datamodule, loggers, stage2_dir, epochs, stage1, best, resume_from
+        )
     state.mark("done")
     return best
 
@@ -211,10 +242,11 @@ def fine_tune_on_images(
     module,
     datamodule,
     loggers,
-    checkpoint_dir: Path,
+    stage2_dir: Path,
     epochs: int,
     stage1: BestHead,
     best: dict[str, Any],
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Stage 2 after a cached stage 1; keeps whichever stage validated better."""
     log.info(
@@ -222,14 +254,14 @@ def fine_tune_on_images(
         ", ".join(cfg.model.fine_tune_blocks),
         cfg.model.fine_tune_lr_factor,
     )
-    stage2 = best_checkpoint(checkpoint_dir / "stage2")
+    stage2 = best_checkpoint(stage2_dir)
     callbacks = build_all(cfg.get("callbacks"), "callback") + [
         StagedFineTuning(
             unfreeze_at_epoch=0, blocks=cfg.model.fine_tune_blocks, lr_factor=cfg.model.fine_tune_lr_factor
         ),
         stage2,
     ]
-    build_trainer(cfg, callbacks, loggers, epochs).fit(module, datamodule=datamodule)
+    build_trainer(cfg, callbacks, loggers, epochs).fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if (stage2.best_model_score or 0.0) > best["val/acc"]:
         best = restore(module, stage2)
         best["epoch"] += epochs

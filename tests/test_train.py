@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import sys
@@ -9,14 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import FAST_TRAIN, REPO_ROOT, compose, run_script, train_model
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import inception_v3
 
 from imgclf.checkpoint import FORMAT, load_model
 from imgclf.errors import ImgclfError
+from imgclf.finetune import StagedFineTuning
 from imgclf.model import build_classifier, cached_weights_path, preprocessing_for
-from imgclf.module import inverse_frequency_weights
+from imgclf.module import ClassifierModule, inverse_frequency_weights
 from imgclf.train import train
 
 
@@ -139,6 +144,47 @@ def test_staged_fine_tuning_freezes_then_unfreezes_the_top(tmp_path, small_digit
         )
 
 
+def test_stage_two_keeps_batchnorm_frozen_and_trains_on_after_a_resume(tmp_path):
+    weights = tmp_path / "inception.pth"
+    state = save_imagenet_like_state_dict(weights)
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(8, 3, 75, 75), torch.arange(8) % 2)
+    checkpoints = tmp_path / "checkpoints"
+
+    def fit(epochs: int, ckpt_path: Path | None = None) -> dict[str, torch.Tensor]:
+        module = ClassifierModule(
+            num_classes=2, optimizer=functools.partial(torch.optim.Adam, lr=1e-2), weights_path=str(weights)
+        )
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            callbacks=[
+                StagedFineTuning(unfreeze_at_epoch=1, blocks=["Mixed_7c"]),
+                ModelCheckpoint(dirpath=checkpoints, save_last=True),
+            ],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        loader = DataLoader(data, batch_size=4)
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader, ckpt_path=ckpt_path)
+        bn = module.model.backbone.Mixed_7c.branch1x1.bn
+        assert not bn.training  # still in eval mode after training with the block unfrozen
+        return {k.removeprefix("backbone."): v.clone() for k, v in module.model.state_dict().items()}
+
+    after = fit(2)  # epoch 0: head only; epoch 1: Mixed_7c unfrozen
+    conv, bn_mean = "Mixed_7c.branch1x1.conv.weight", "Mixed_7c.branch1x1.bn.running_mean"
+    assert not torch.equal(after[conv], state[conv])
+    assert torch.equal(after["Mixed_7b.branch1x1.conv.weight"], state["Mixed_7b.branch1x1.conv.weight"])
+    # the unfrozen block's BatchNorm statistics stay ImageNet's: batches of 20 would ruin them
+    assert torch.equal(after[bn_mean], state[bn_mean])
+
+    resumed = fit(3, ckpt_path=checkpoints / "last.ckpt")  # resumed past the unfreeze epoch
+    assert not torch.equal(resumed[conv], after[conv])  # the block still trains
+    assert torch.equal(resumed[bn_mean], state[bn_mean])
+
+
 def test_class_weighting_uses_inverse_frequency(tmp_path, small_digits_root):
     assert inverse_frequency_weights([10, 30]).tolist() == pytest.approx([2.0, 2 / 3])
     cfg = compose(
@@ -182,6 +228,46 @@ def test_resumes_after_a_kill(tmp_path, small_digits_root):
     assert "Resuming the interrupted run" in log_text
     assert (tmp_path / "model.ckpt").exists()
     assert killed_epoch < 7
+
+
+def test_cached_run_resumes_stage_two_after_a_kill(tmp_path, small_digits_root):
+    weights = tmp_path / "inception.pth"
+    save_imagenet_like_state_dict(weights)
+    args = [
+        *FAST_TRAIN,
+        "model.pretrained=true",
+        f"model.weights_path={weights}",
+        "model.fine_tune=true",
+        f"data.root={small_digits_root}",
+        f"paths.model_dir={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=5",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "checkpoints" / "stage2" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint write finish
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists() and not (tmp_path / "model.ckpt").exists()
+    killed_epoch = torch.load(last, weights_only=False)["epoch"]
+
+    result = run_script("train", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log_text = "".join(p.read_text() for p in (tmp_path / "logs").rglob("train.log"))
+    assert "stage 2 continues from" in log_text
+    assert log_text.count("Computing backbone features once") == 1  # stage 1 was not redone
+    assert killed_epoch < 4
+    assert torch.load(last, weights_only=False)["epoch"] > killed_epoch  # stage 2 went on to its end
+    assert torch.load(tmp_path / "model.ckpt", weights_only=True)["metrics"]["best_epoch"] in range(10)
 
 
 def test_two_process_cpu_ddp(tmp_path, small_digits_root):
