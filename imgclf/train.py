@@ -47,6 +47,12 @@ def run_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def remove_checkpoints(directory: Path) -> None:
+    """Lightning's own resume files, never the exported model or anything of the user's."""
+    for stale in list(directory.glob("**/*.ckpt")):
+        stale.unlink()
+
+
 class RunState:
     """``train_state.json`` beside the checkpoints: do they belong to an unfinished run?"""
 
@@ -71,9 +77,7 @@ class RunState:
         return None
 
     def start_fresh(self) -> None:
-        # Only Lightning's own resume files, never the exported model or anything of the user's.
-        for stale in list(self.directory.glob("**/*.ckpt")):
-            stale.unlink()
+        remove_checkpoints(self.directory)
         self.mark("running")
 
     def mark(self, status: str) -> None:
@@ -340,6 +344,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
     )
     if not cfg.get("save_model", True):  # a sweep trial: the checkpoint's val/acc is the answer
+        # ... and its checkpoints (two copies of the network, ~200 MB) would pile up trial by trial
+        remove_checkpoints(checkpoint_dir)
         print(f"val accuracy: {metrics['val/acc']:.4f} (best epoch {metrics['best_epoch']})")
         return metrics
 
