@@ -89,26 +89,33 @@ def _extract(
     precision: str,
     progress: Progress,
     label: str,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = autocast_dtype(precision)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    pin = device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
     task = progress.add_task(label, total=len(dataset))
     features, targets = [], []
     for images, target in loader:
-        images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            features.append(model.backbone(images).float().to(torch.float16))
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            features.append(model.backbone(images).float().to(torch.float16).cpu())
         targets.append(target)
         progress.advance(task, len(target))
     return torch.cat(features), torch.cat(targets)
 
 
 def compute_features(
-    model: InceptionClassifier, datamodule: ImageFolderDataModule, views: int, precision: str
+    model: InceptionClassifier,
+    datamodule: ImageFolderDataModule,
+    views: int,
+    precision: str,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """train: [N, views, D] (augmented views), val: [M, D] (plain view)."""
+    """train: [N, views, D] (augmented views), val: [M, D] (plain view), computed on ``device``."""
     views = views if datamodule.augment else 1
-    model.eval().to(memory_format=torch.channels_last)
+    device = torch.device(device)
+    model.eval().to(device, memory_format=torch.channels_last)
     batch, workers = max(datamodule.batch_size, 32), datamodule.num_workers
     train_set = datamodule.dataset("train", train=True)
     with Progress() as progress:
@@ -123,11 +130,13 @@ def compute_features(
                 precision,
                 progress,
                 f"features: train view {view + 1}/{views}",
+                device,
             )
             train_views.append(features)
         val, val_targets = _extract(
-            model, datamodule.dataset("val"), batch, workers, precision, progress, "features: val"
+            model, datamodule.dataset("val"), batch, workers, precision, progress, "features: val", device
         )
+    model.cpu()  # Lightning moves it where training runs
     return {
         "format": CACHE_FORMAT,
         "train": torch.stack(train_views, dim=1),
@@ -144,6 +153,7 @@ def load_or_compute(
     cache_dir: str | os.PathLike,
     views: int,
     precision: str,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     key = cache_key(file_fingerprint(weights_source(model_cfg)), datamodule, views)
     path = Path(cache_dir) / f"{key}.pt"
@@ -156,7 +166,7 @@ def load_or_compute(
         except Exception as exc:  # a damaged cache file is rebuilt, never trusted
             log.warning("Ignoring unreadable feature cache %s (%s)", path, exc)
     log.info("Computing backbone features once (cache %s)", path)
-    features = compute_features(model, datamodule, views, precision)
+    features = compute_features(model, datamodule, views, precision, device)
     atomic_torch_save(features, path)
     return features
 

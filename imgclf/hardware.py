@@ -18,6 +18,11 @@ def uses_cuda(accelerator: str | None) -> bool:
     return accelerator in (None, "auto") and torch.cuda.is_available()
 
 
+def compute_device(accelerator: str | None) -> torch.device:
+    """Where work outside Lightning's loop (the feature pass, the final accuracy) runs."""
+    return torch.device("cuda" if uses_cuda(accelerator) and torch.cuda.is_available() else "cpu")
+
+
 def resolve_precision(precision: str | None, accelerator: str | None = "cpu") -> str:
     """``auto`` -> bf16 mixed precision where the hardware runs it fast, fp32 otherwise."""
     if precision not in (None, "auto"):

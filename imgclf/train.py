@@ -27,7 +27,7 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluate import EvalImages, predict_split
 from imgclf.features import FeatureDataModule, load_or_compute
 from imgclf.finetune import StagedFineTuning
-from imgclf.hardware import resolve_precision
+from imgclf.hardware import compute_device, resolve_precision
 from imgclf.io import atomic_torch_save, atomic_write_json
 from imgclf.model import imagenet_weights_available, missing_weights_message, preprocessing_for
 from imgclf.module import ClassifierModule
@@ -220,7 +220,13 @@ def fit_with_feature_cache(
         state.start_fresh()
         precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
         features = load_or_compute(
-            module.model, datamodule, cfg.model, cfg.paths.cache_dir, cfg.features.views, precision
+            module.model,
+            datamodule,
+            cfg.model,
+            cfg.paths.cache_dir,
+            cfg.features.views,
+            precision,
+            compute_device(cfg.trainer.get("accelerator")),
         )
         module.inputs = "features"
         stage1 = BestHead()
@@ -349,7 +355,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print(f"val accuracy: {metrics['val/acc']:.4f} (best epoch {metrics['best_epoch']})")
         return metrics
 
-    predictor = Predictor(module.model.cpu(), {"classes": classes, "preprocessing": preprocessing})
+    predictor = Predictor(
+        module.model,
+        {"classes": classes, "preprocessing": preprocessing},
+        device=str(compute_device(cfg.trainer.get("accelerator"))),
+    )
     metrics["train/acc"] = accuracy(predictor, datamodule, "train")
     metrics["val/acc"] = accuracy(predictor, datamodule, "val")
     path = save_model(
