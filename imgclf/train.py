@@ -47,10 +47,15 @@ def run_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# What train.py itself writes under paths.checkpoint_dir (Lightning adds -v1, -v2 to clashing names)
+CHECKPOINT_PATTERNS = ("**/last*.ckpt", "**/best-epoch*.ckpt", "stage1_head.ckpt")
+
+
 def remove_checkpoints(directory: Path) -> None:
-    """Lightning's own resume files, never the exported model or anything of the user's."""
-    for stale in list(directory.glob("**/*.ckpt")):
-        stale.unlink()
+    """train.py's own resume files, never the exported model or anything of the user's."""
+    for pattern in CHECKPOINT_PATTERNS:
+        for stale in list(directory.glob(pattern)):
+            stale.unlink()
 
 
 class RunState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from imgclf.errors import ImgclfError
 from imgclf.finetune import StagedFineTuning
 from imgclf.model import build_classifier, cached_weights_path, preprocessing_for
 from imgclf.module import ClassifierModule, inverse_frequency_weights
-from imgclf.train import train
+from imgclf.train import RunState, train
 
 
 def save_imagenet_like_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -268,6 +269,21 @@ def test_cached_run_resumes_stage_two_after_a_kill(tmp_path, small_digits_root):
     assert killed_epoch < 4
     assert torch.load(last, weights_only=False)["epoch"] > killed_epoch  # stage 2 went on to its end
     assert torch.load(tmp_path / "model.ckpt", weights_only=True)["metrics"]["best_epoch"] in range(10)
+
+
+def test_a_fresh_start_removes_only_its_own_checkpoints(tmp_path):
+    folder = tmp_path / "checkpoints"
+    (folder / "stage2").mkdir(parents=True)
+    ours = ["last.ckpt", "last-v1.ckpt", "best-epoch03.ckpt", "stage1_head.ckpt", "stage2/last.ckpt"]
+    ours.append("stage2/best-epoch01-v1.ckpt")
+    theirs = ["model.ckpt", "notes.txt", "stage2/mine.ckpt"]
+    for name in ours + theirs:
+        (folder / name).write_bytes(b"x")
+    RunState(folder, "abc").start_fresh()
+    assert [name for name in ours if (folder / name).exists()] == []
+    assert all((folder / name).exists() for name in theirs)
+    state = json.loads((tmp_path / "train_state.json").read_text())
+    assert state == {"status": "running", "fingerprint": "abc"}
 
 
 def test_two_process_cpu_ddp(tmp_path, small_digits_root):
