@@ -199,6 +199,29 @@ def test_class_weighting_uses_inverse_frequency(tmp_path, small_digits_root):
     assert module.criterion.weight.tolist() == pytest.approx([0.8333, 1.6667, 0.8333], rel=1e-3)
 
 
+def kill_then_rerun(args: list[str], last: Path, model_dir: Path) -> tuple[int, str]:
+    """SIGKILL ``train.py args`` once ``last`` is written, run it again to the end; returns the
+    killed checkpoint's epoch and the two runs' logs."""
+    process = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint write finish
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists() and not (model_dir / "model.ckpt").exists()
+    killed_epoch = torch.load(last, weights_only=False)["epoch"]
+
+    result = run_script("train", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return killed_epoch, "".join(p.read_text() for p in (model_dir / "logs").rglob("train.log"))
+
+
 def test_resumes_after_a_kill(tmp_path, small_digits_root):
     args = [
         *FAST_TRAIN,
@@ -207,25 +230,8 @@ def test_resumes_after_a_kill(tmp_path, small_digits_root):
         "trainer.max_epochs=8",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
-    process = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # let the checkpoint write finish
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert last.exists() and not (tmp_path / "model.ckpt").exists()
-    killed_epoch = torch.load(last, weights_only=False)["epoch"]
-
-    result = run_script("train", *args)
-    assert result.returncode == 0, result.stderr[-2000:]
-    log_text = "".join(p.read_text() for p in (tmp_path / "logs").rglob("train.log"))
+    killed_epoch, log_text = kill_then_rerun(args, last, tmp_path)
     assert "Resuming the interrupted run" in log_text
     assert (tmp_path / "model.ckpt").exists()
     assert killed_epoch < 7
@@ -245,25 +251,8 @@ def test_cached_run_resumes_stage_two_after_a_kill(tmp_path, small_digits_root):
         "trainer.max_epochs=5",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
-    process = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     last = tmp_path / "checkpoints" / "stage2" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # let the checkpoint write finish
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert last.exists() and not (tmp_path / "model.ckpt").exists()
-    killed_epoch = torch.load(last, weights_only=False)["epoch"]
-
-    result = run_script("train", *args)
-    assert result.returncode == 0, result.stderr[-2000:]
-    log_text = "".join(p.read_text() for p in (tmp_path / "logs").rglob("train.log"))
+    killed_epoch, log_text = kill_then_rerun(args, last, tmp_path)
     assert "stage 2 continues from" in log_text
     assert log_text.count("Computing backbone features once") == 1  # stage 1 was not redone
     assert killed_epoch < 4
