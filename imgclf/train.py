@@ -245,9 +245,7 @@ def fit_with_feature_cache(
             stage1.save(stage1_file)
     best = stage1.restore(module)
     if fine_tune:
-        best = fine_tune_on_images(
-            cfg, module, datamodule, loggers, stage2_dir, epochs, stage1, best, resume_from
-        )
+        best = fine_tune_on_images(cfg, module, datamodule, loggers, stage2_dir, epochs, stage1, resume_from)
     state.mark("done")
     return best
 
@@ -260,7 +258,6 @@ def fine_tune_on_images(
     stage2_dir: Path,
     epochs: int,
     stage1: BestHead,
-    best: dict[str, Any],
     resume_from: Path | None = None,
 ) -> dict[str, Any]:
     """Stage 2 after a cached stage 1; keeps whichever stage validated better."""
@@ -277,12 +274,11 @@ def fine_tune_on_images(
         stage2,
     ]
     build_trainer(cfg, callbacks, loggers, epochs).fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    if (stage2.best_model_score or 0.0) > best["val/acc"]:
+    if (stage2.best_model_score or 0.0) > stage1.score:
         best = restore(module, stage2)
         best["epoch"] += epochs
-    else:
-        stage1.restore(module)
-    return best
+        return best
+    return stage1.restore(module)
 
 
 def accuracy(predictor: Predictor, datamodule: ImageFolderDataModule, split: str) -> float:

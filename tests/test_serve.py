@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, compose
+from conftest import REPO_ROOT, compose, run_script
 from PIL import Image
 from processes import free_port, stop
 
@@ -165,14 +165,7 @@ def test_top_k(client, digits):
 def test_same_probabilities_as_classify_script(client, digits, model_path, tmp_path):
     path = tmp_path / "seven.png"
     path.write_bytes(encode(digits["7"]))
-    script = subprocess.run(
-        [sys.executable, "scripts/classify.py", f"ckpt_path={model_path}", f"img={path}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    script = run_script("classify", f"ckpt_path={model_path}", f"img={path}", timeout=300)
     assert script.returncode == 0, script.stderr
     assert probabilities(classify(client, path.read_bytes())) == json.loads(script.stdout)
 
