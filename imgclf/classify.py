@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
@@ -17,11 +16,7 @@ def image_paths(img: Any) -> list[str]:
 
 
 def classify(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """{path: {label: probability}} in the order the paths were given."""
     paths = image_paths(cfg.img)
     predictor = Predictor.from_file(cfg.ckpt_path, precision=cfg.precision)
-    results = dict(zip(paths, predictor.classify(paths)))
-    if len(paths) == 1:
-        print(json.dumps(results[paths[0]]))
-    else:
-        print(json.dumps(results, indent=2))
-    return results
+    return dict(zip(paths, predictor.classify(paths)))

@@ -1,15 +1,62 @@
-"""What the machine can do fast: bf16 autocast on CPUs that have it, CUDA when present."""
+"""What the machine can do fast: bf16 autocast on CPUs that have it, CUDA when present.
+
+``python -m imgclf.hardware`` prints the CPU's features and the precision ``auto`` chooses; CI and
+the benchmarks print it so that a figure or a failure can be read against the machine it came from.
+
+The CPU's kernels can be capped below what it has (``ATEN_CPU_CAPABILITY=avx2`` for PyTorch's own
+kernels, ``ONEDNN_MAX_CPU_ISA=AVX2`` for oneDNN's convolutions): the choice follows the cap, so an
+AVX-512 machine can reproduce what an AVX2-only one computes.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import platform
+from pathlib import Path
+
 import torch
+
+# Linux /proc/cpuinfo flag -> the name printed beside benchmark figures
+FEATURE_FLAGS = {
+    "AVX2": ("avx2",),
+    "AVX-512": ("avx512f",),
+    "VNNI": ("avx512_vnni", "avx_vnni"),
+    "bf16": ("avx512_bf16", "amx_bf16"),
+    "AMX": ("amx_tile",),
+}
+# oneDNN ISA names below the first with native bf16 (avx512_core_bf16)
+_ONEDNN_WITHOUT_BF16 = ("sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags as Linux reports them; empty where that file does not exist."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_features() -> dict[str, bool]:
+    flags = cpu_flags()
+    return {name: any(flag in flags for flag in names) for name, names in FEATURE_FLAGS.items()}
+
+
+def kernels_capped() -> bool:
+    """Has the user limited PyTorch or oneDNN to instructions without native bf16?"""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return True
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in _ONEDNN_WITHOUT_BF16
 
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    cpu = torch.cpu
-    checks = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
-    return any(check() for check in checks if check is not None)
+    return cpu_features()["bf16"] and not kernels_capped()
 
 
 def uses_cuda(accelerator: str | None) -> bool:
@@ -38,3 +85,28 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision.startswith("16"):
         return torch.float16
     return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> str:
+    """One line: the CPU, its features, the kernels in use and what ``precision=auto`` picks."""
+    features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu_features().items())
+    cap = torch.backends.cpu.get_cpu_capability()
+    capped = " (capped)" if cpu_features()["AVX-512"] and kernels_capped() else ""
+    return (
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores | {features} | kernels {cap}{capped} | "
+        f"precision auto -> {resolve_precision('auto', 'cpu')} | torch {torch.__version__}"
+    )
+
+
+if __name__ == "__main__":
+    print(describe_machine())

@@ -88,8 +88,11 @@ class NearDuplicateIndex(Generic[Key]):
         self._bands = [(low, (1 << (high - low)) - 1) for low, high in pairwise(edges)]
         tolerance = max_distance // count
         self._probes = [
-            [sum(1 << bit for bit in flipped) for n in range(tolerance + 1)
-             for flipped in combinations(range(mask.bit_length()), n)]
+            [
+                sum(1 << bit for bit in flipped)
+                for n in range(tolerance + 1)
+                for flipped in combinations(range(mask.bit_length()), n)
+            ]
             for _, mask in self._bands
         ]
         self._buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]

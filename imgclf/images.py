@@ -47,9 +47,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(
-    source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Return an RGB ``PIL.Image`` or raise :class:`ImageDecodeError` saying why not."""
     name = _describe(source)
     if isinstance(source, (bytes, bytearray)):

@@ -1,23 +1,88 @@
-"""Inference on a saved model: the one predictor behind eval.py, classify.py and the server."""
+"""Inference: the one loop that runs a network over a dataset, and the predictor of a saved model.
+
+:func:`run_network` serves evaluation, train.py's final accuracy, the feature store and the
+review's backbone features. :class:`Predictor` (a model file, its preprocessing and the precision
+it runs in) serves eval.py, classify.py and the server, so that all three give the same answer.
+Nothing here imports Lightning.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
 
 from imgclf.checkpoint import load_model
+from imgclf.errors import ImgclfError
 from imgclf.hardware import autocast_dtype, resolve_precision
 from imgclf.images import load_image
-from imgclf.model import InceptionClassifier
+from imgclf.model import ImageClassifier
 from imgclf.transforms import eval_transform
 
 log = logging.getLogger(__name__)
+
+
+def run_network(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    description: str = "predicting",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``forward`` over the dataset's (images, target, index) items, in batches, with progress.
+
+    Returns the outputs, targets and sample indices of the items that decoded (index >= 0).
+    Items of shape [views, 3, H, W] (test-time augmentation) get their views' outputs averaged.
+    The loader draws no numbers from the global random state.
+    """
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
+    )
+    outputs, targets, indices = [], [], []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=len(dataset))
+        for images, target, index in loader:
+            kept = index >= 0
+            if kept.any():
+                images = images[kept]
+                if images.dim() == 5:
+                    views = images.shape[1]
+                    result = forward(images.flatten(0, 1)).unflatten(0, (-1, views)).mean(1)
+                else:
+                    result = forward(images)
+                outputs.append(result.cpu())
+                targets.append(target[kept])
+                indices.append(index[kept])
+            progress.advance(task, len(index))
+    if not outputs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(targets), torch.cat(indices)
+
+
+def backbone_forward(
+    network: torch.nn.Module, precision: str, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images -> the frozen ``network``'s pooled features, float16 on the CPU (the feature store's
+    format), in channels-last and under autocast where ``precision`` asks for it."""
+    dtype = autocast_dtype(precision)
+    network.eval().to(device, memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return network(images).float().to(torch.float16).cpu()
+
+    return forward
+
 
 PRECISIONS = {
     "auto": None,
@@ -45,9 +110,11 @@ def probe_images(size: int, count: int = 8) -> list[Image.Image]:
 
 
 class Predictor:
+    """A trained model, ready to answer: preprocessing, precision and class names included."""
+
     def __init__(
         self,
-        model: InceptionClassifier,
+        model: ImageClassifier,
         record: dict[str, Any],
         source: str | os.PathLike | None = None,
         precision: str = "auto",
@@ -56,24 +123,24 @@ class Predictor:
         check_images: Sequence[Image.Image] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}; use one of {', '.join(PRECISIONS)}")
+            raise ImgclfError(f"precision={precision!r}; use one of {', '.join(PRECISIONS)}")
         self.record = record
         self.source = Path(source) if source else None
         self.classes: list[str] = list(record["classes"])
-        self.preprocessing: dict[str, Any] = dict(record["preprocessing"])
+        self.preprocessing: dict[str, Any] = dict(model.preprocessing)
         self.hparams: dict[str, Any] = dict(record.get("hparams", {}))
+        self.backbone: str = model.backbone_config["name"]
         self.transform = eval_transform(self.preprocessing)
         self.device = torch.device(device)
         self.channels_last = channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
-        resolved = PRECISIONS[precision] or resolve_precision("auto", self.device.type)
-        self.precision = resolved
-        if autocast_dtype(resolved) is not None and precision == "auto":
+        self.precision = PRECISIONS[precision] or resolve_precision("auto", self.device.type)
+        if autocast_dtype(self.precision) is not None and precision == "auto":
             self._fall_back_if_inexact(check_images)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> "Predictor":
+    def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
         model, record = load_model(path)
         return cls(model, record, source=path, **kwargs)
 
@@ -120,6 +187,12 @@ class Predictor:
         with self._autocast():
             logits = self.model(batch)
         return torch.softmax(logits.float(), dim=1).cpu()
+
+    def predict_dataset(
+        self, dataset: Dataset, batch_size: int, num_workers: int, description: str = "predicting"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Probabilities, targets and sample indices of the dataset's decodable images."""
+        return run_network(self.predict_batch, dataset, batch_size, num_workers, description)
 
     def as_dict(self, probabilities: torch.Tensor) -> dict[str, float]:
         """{label: probability} in the model's class order."""

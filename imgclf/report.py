@@ -1,107 +1,17 @@
-"""The evaluation report beyond accuracy: which classes are confused, which images fail worst,
-whether the probabilities can be trusted (calibration), and test-time augmentation.
+"""The evaluation report's files: metrics.json, per_class.csv and three plots.
 
-Everything here works on the arrays ``evaluate`` already has (probabilities [N, K], targets
-[N]); plots are matplotlib figures written straight to PNG files, without pyplot's global state.
+Plots are matplotlib figures written straight to PNG files, without pyplot's global state (no
+``matplotlib.use``, no pyplot).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import InterpolationMode
-
-from imgclf.io import atomic_open
-
-TTA_VIEWS = 10  # five crops (corners and centre), each also mirrored
-
-
-def most_confused_pairs(
-    matrix: Sequence[Sequence[int]], classes: Sequence[str], top: int = 10
-) -> list[dict[str, Any]]:
-    """Off-diagonal cells of the confusion matrix, largest first."""
-    counts = np.asarray(matrix)
-    per_true = counts.sum(axis=1)
-    pairs = [
-        {
-            "true": classes[i],
-            "predicted": classes[j],
-            "count": int(counts[i, j]),
-            "fraction_of_true": float(counts[i, j] / per_true[i]),
-        }
-        for i in range(len(classes))
-        for j in range(len(classes))
-        if i != j and counts[i, j] > 0
-    ]
-    pairs.sort(key=lambda p: (-p["count"], -p["fraction_of_true"], p["true"], p["predicted"]))
-    return pairs[:top]
-
-
-def calibration(probabilities: np.ndarray, targets: np.ndarray, num_bins: int = 15) -> dict[str, Any]:
-    """Expected calibration error over equal-width confidence bins ``(lower, upper]``.
-
-    ECE = sum over bins of (share of images in the bin) x |accuracy - mean confidence|.
-    """
-    confidences = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == targets
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
-    which = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, num_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(num_bins):
-        members = which == b
-        count = int(members.sum())
-        confidence = float(confidences[members].mean()) if count else None
-        accuracy = float(correct[members].mean()) if count else None
-        if count:
-            ece += count / len(targets) * abs(accuracy - confidence)
-        bins.append(
-            {
-                "lower": float(edges[b]),
-                "upper": float(edges[b + 1]),
-                "count": count,
-                "confidence": confidence,
-                "accuracy": accuracy,
-            }
-        )
-    return {"ece": float(ece), "num_bins": num_bins, "bins": bins}
-
-
-def top_losses(probabilities: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` images with the highest cross-entropy, worst first."""
-    true_probability = probabilities[np.arange(len(targets)), targets]
-    losses = -np.log(np.clip(true_probability, 1e-12, 1.0))
-    return np.argsort(-losses, kind="stable")[:k]
-
-
-def top_loss_entries(
-    probabilities: np.ndarray,
-    targets: np.ndarray,
-    paths: Sequence[os.PathLike],
-    classes: Sequence[str],
-    k: int,
-) -> list[dict[str, Any]]:
-    entries = []
-    for i in top_losses(probabilities, targets, k):
-        predicted = int(probabilities[i].argmax())
-        p_true = float(probabilities[i, targets[i]])
-        entries.append(
-            {
-                "path": str(paths[i]),
-                "true": classes[targets[i]],
-                "predicted": classes[predicted],
-                "probability": float(probabilities[i, predicted]),
-                "true_probability": p_true,
-                "loss": float(-math.log(max(p_true, 1e-12))),
-            }
-        )
-    return entries
+from imgclf.io import atomic_open, atomic_write_json
 
 
 def _save(figure, path: Path) -> Path:
@@ -183,33 +93,6 @@ def plot_contact_sheet(entries: Sequence[Mapping[str, Any]], path: Path, thumbna
     return _save(figure, path)
 
 
-class TenCropViews:
-    """PIL image -> [TTA_VIEWS, 3, crop, crop]: the five crops of the resized image and their mirrors.
-
-    Same resize, crop size and normalisation as the model's eval transform (its centre crop is
-    one of the views), so that only the position and mirroring differ.
-    """
-
-    def __init__(self, preprocessing: Mapping[str, Any]) -> None:
-        interpolation = InterpolationMode(preprocessing.get("interpolation", "bilinear"))
-        self.resize = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize(int(preprocessing["resize"]), interpolation=interpolation, antialias=True),
-            ]
-        )
-        self.crops = v2.TenCrop(int(preprocessing["crop"]))
-        self.normalize = v2.Compose(
-            [
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(preprocessing["mean"]), std=list(preprocessing["std"])),
-            ]
-        )
-
-    def __call__(self, image) -> torch.Tensor:
-        return torch.stack([self.normalize(view) for view in self.crops(self.resize(image))])
-
-
 def write_per_class_csv(metrics: Mapping[str, Any], path: Path) -> Path:
     lines = ["class,precision,recall,f1,support"]
     lines += [
@@ -219,3 +102,41 @@ def write_per_class_csv(metrics: Mapping[str, Any], path: Path) -> Path:
     with atomic_open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str
+) -> Path:
+    from matplotlib.figure import Figure
+
+    size = max(4.0, 0.5 * len(classes) + 2)
+    figure = Figure(figsize=(size, size))
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    top = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            axes.text(
+                j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black"
+            )
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, [_plain(c) for c in classes], rotation=45, ha="right")
+    axes.set_yticks(ticks, [_plain(c) for c in classes])
+    axes.set(xlabel="predicted label", ylabel="true label", title=_plain(title))
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def write_report(metrics: Mapping[str, Any], report_dir: Path) -> None:
+    split = metrics["split"]
+    atomic_write_json(report_dir / "metrics.json", metrics)
+    write_per_class_csv(metrics, report_dir / "per_class.csv")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        metrics["classes"],
+        report_dir / "confusion_matrix.png",
+        f"{split}: accuracy {metrics['accuracy']:.4f}",
+    )
+    plot_reliability(metrics["calibration"], report_dir / "reliability_diagram.png", split)
+    plot_contact_sheet(metrics["top_losses"], report_dir / "top_losses.png")

@@ -1,71 +1,89 @@
-"""Pixel pipelines built from the preprocessing stored with the model.
+"""Every pixel pipeline, built from the ``preprocessing`` the model carries (torchvision v2).
 
-Training, evaluation, the CLI and the server all call these two functions with the same
-``preprocessing`` dict (resize, crop, mean, std, interpolation), so they see the same pixels.
+Training, the feature store, evaluation, test-time augmentation, the CLI, the server and the review
+call these functions with the same ``preprocessing`` dict (resize, crop, mean, std,
+interpolation), so they see the same pixels.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-# The original tool's Keras ImageDataGenerator settings.
-DEFAULT_AUGMENTATION = {
-    "rotation": 180.0,
-    "translate": 0.1,
-    "shear": 10.0,
-    "zoom": (0.9, 1.5),
-    "hflip": True,
-    "vflip": True,
-}
+TTA_VIEWS = 10  # five crops (corners and centre), each also mirrored
 
 
-def _resize_and_crop(preprocessing: Mapping[str, Any]) -> list[v2.Transform]:
+def _resize(preprocessing: Mapping[str, Any]) -> list[v2.Transform]:
     interpolation = InterpolationMode(preprocessing.get("interpolation", "bilinear"))
     return [
         v2.ToImage(),
         v2.Resize(int(preprocessing["resize"]), interpolation=interpolation, antialias=True),
-        v2.CenterCrop(int(preprocessing["crop"])),
     ]
 
 
-def _normalize(preprocessing: Mapping[str, Any]) -> list[v2.Transform]:
-    return [
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(preprocessing["mean"]), std=list(preprocessing["std"])),
-    ]
+def _normalize(preprocessing: Mapping[str, Any]) -> v2.Compose:
+    return v2.Compose(
+        [
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocessing["mean"]), std=list(preprocessing["std"])),
+        ]
+    )
 
 
 def eval_transform(preprocessing: Mapping[str, Any]) -> v2.Compose:
     """PIL RGB image -> normalised float tensor [3, crop, crop]."""
-    return v2.Compose(_resize_and_crop(preprocessing) + _normalize(preprocessing))
+    return v2.Compose(
+        _resize(preprocessing) + [v2.CenterCrop(int(preprocessing["crop"])), _normalize(preprocessing)]
+    )
 
 
-def augmentation(settings: Mapping[str, Any] | None = None) -> list[v2.Transform]:
-    """The original's augmentation: rotation, shifts, shear, zoom, flips."""
-    cfg = {**DEFAULT_AUGMENTATION, **(settings or {})}
-    zoom_low, zoom_high = cfg["zoom"]
+def augmentation(
+    rotation: float, translate: float, shear: float, zoom: Sequence[float], hflip: bool, vflip: bool
+) -> list[v2.Transform]:
+    """The original tool's Keras augmentation: rotation, shifts, shear, zoom, flips."""
+    zoom_low, zoom_high = zoom
     # Keras zooms *in* for factors below 1, torchvision scales *up* above 1: invert the range.
     steps: list[v2.Transform] = [
         v2.RandomAffine(
-            degrees=float(cfg["rotation"]),
-            translate=(float(cfg["translate"]), float(cfg["translate"])),
-            shear=float(cfg["shear"]),
+            degrees=float(rotation),
+            translate=(float(translate), float(translate)),
+            shear=float(shear),
             scale=(1.0 / float(zoom_high), 1.0 / float(zoom_low)),
         )
     ]
-    if cfg["hflip"]:
+    if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    if cfg["vflip"]:
+    if vflip:
         steps.append(v2.RandomVerticalFlip())
     return steps
 
 
-def train_transform(
-    preprocessing: Mapping[str, Any], augment: bool = True, settings: Mapping[str, Any] | None = None
-) -> v2.Compose:
-    middle = augmentation(settings) if augment else []
-    return v2.Compose(_resize_and_crop(preprocessing) + middle + _normalize(preprocessing))
+def train_transform(preprocessing: Mapping[str, Any], augment: Mapping[str, Any] | None) -> v2.Compose:
+    """``eval_transform`` with the augmentation (``None``: none) between crop and normalisation."""
+    middle = augmentation(**augment) if augment is not None else []
+    return v2.Compose(
+        _resize(preprocessing)
+        + [v2.CenterCrop(int(preprocessing["crop"]))]
+        + middle
+        + [_normalize(preprocessing)]
+    )
+
+
+class TenCropViews:
+    """PIL image -> [TTA_VIEWS, 3, crop, crop]: the five crops of the resized image and their mirrors.
+
+    Same resize, crop size and normalisation as :func:`eval_transform` (its centre crop is one of
+    the views), so that only the position and mirroring differ.
+    """
+
+    def __init__(self, preprocessing: Mapping[str, Any]) -> None:
+        self.resize = v2.Compose(_resize(preprocessing))
+        self.crops = v2.TenCrop(int(preprocessing["crop"]))
+        self.normalize = _normalize(preprocessing)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return torch.stack([self.normalize(view) for view in self.crops(self.resize(image))])

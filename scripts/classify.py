@@ -1,4 +1,9 @@
-"""python scripts/classify.py [overrides] -- see conf/classify.yaml."""
+"""python scripts/classify.py img=PATH [overrides] -- see conf/classify.yaml.
+
+One image: its ``{label: probability}`` as JSON; several: ``{path: {label: probability}}``.
+"""
+
+import json
 
 import hydra
 from omegaconf import DictConfig
@@ -10,7 +15,12 @@ from imgclf.cli import run
 def main(cfg: DictConfig):
     from imgclf.classify import classify
 
-    return run(classify, cfg)
+    results = run(classify, cfg)
+    if len(results) == 1:
+        print(json.dumps(next(iter(results.values()))))
+    else:
+        print(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Build data/image_dataset/{train,val,test}/{class}/ from a search-terms CSV.
 
-    python scripts/scrape.py [searchterms=PATH|hockey] [data.root=DIR] [engine=bing]
+python scripts/scrape.py [searchterms=PATH|hockey] [data.root=DIR] [engine=bing]
 """
 
 from __future__ import annotations

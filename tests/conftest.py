@@ -47,6 +47,13 @@ def compose(config_name: str, overrides: list[str] | None = None, output_dir: Pa
     return cfg
 
 
+def backbone_config(name: str) -> dict:
+    """``conf/model/backbone/NAME.yaml`` as the plain mapping the model takes."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / "backbone" / f"{name}.yaml"))
+
+
 # Small enough for a 2-core CI machine, big enough to learn: the network sees 75 px images.
 FAST_TRAIN = [
     "model.pretrained=false",

@@ -9,7 +9,6 @@ duplicate groups stay inside one fold.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -31,50 +30,39 @@ def pixel_features(images: list[ScannedImage]) -> np.ndarray:
     return np.stack([im.pixels for im in images]).astype(np.float32) / 255.0
 
 
-def load_backbone(model_cfg: Mapping[str, Any]) -> torch.nn.Module:
-    """The Inception v3 backbone, with ImageNet weights unless ``pretrained`` is false."""
-    from imgclf.model import build_backbone, fetch_imagenet_weights, load_backbone_weights
+def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping[str, Any]) -> np.ndarray:
+    """The frozen backbone's pooled features (``model.backbone``), as training's feature store
+    computes them: bf16 with channels-last where the CPU runs bf16 natively."""
+    from imgclf.folders import ImageDataset
+    from imgclf.hardware import resolve_precision
+    from imgclf.model import ImageClassifier
+    from imgclf.predict import backbone_forward, run_network
+    from imgclf.transforms import eval_transform
 
-    backbone = build_backbone(init_weights=not model_cfg["pretrained"])
+    backbone = model_cfg["backbone"]
     if model_cfg["pretrained"]:
-        source = model_cfg.get("weights_path") or fetch_imagenet_weights(
-            model_cfg.get("allow_download", True)
+        model = ImageClassifier.pretrained(
+            backbone,
+            2,
+            image_size=model_cfg.get("image_size"),
+            weights_path=model_cfg.get("weights_path"),
+            allow_download=model_cfg.get("allow_download", True),
         )
-        load_backbone_weights(backbone, source)
     else:
         log.warning(
             "model.pretrained=false: backbone features of a random network say little "
             "about labels; use ImageNet weights or labels.features=pixels"
         )
-    return backbone.eval()
-
-
-def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping[str, Any]) -> np.ndarray:
-    """Pooled 2048-d features, in bf16 with channels_last where the CPU runs bf16 natively."""
-    from rich.progress import Progress
-    from torch.utils.data import DataLoader
-
-    from imgclf.data import ImageListDataset
-    from imgclf.hardware import autocast_dtype, resolve_precision
-    from imgclf.model import preprocessing_for
-    from imgclf.transforms import eval_transform
-
-    backbone = load_backbone(model_cfg).to(memory_format=torch.channels_last)
-    dtype = autocast_dtype(resolve_precision(model_cfg.get("precision", "auto"), "cpu"))
-    dataset = ImageListDataset(
-        [(root / im.path, 0) for im in images], eval_transform(preprocessing_for(model_cfg["image_size"]))
+        model = ImageClassifier(backbone, 2, image_size=model_cfg.get("image_size"))
+    dataset = ImageDataset([(root / im.path, 0) for im in images], eval_transform(model.preprocessing))
+    precision = resolve_precision(model_cfg.get("precision", "auto"), "cpu")
+    forward = backbone_forward(model.backbone, precision, torch.device("cpu"))
+    features, _, kept = run_network(
+        forward, dataset, int(model_cfg["batch_size"]), int(model_cfg["num_workers"]), "backbone features"
     )
-    loader = DataLoader(
-        dataset, batch_size=int(model_cfg["batch_size"]), num_workers=int(model_cfg["num_workers"])
-    )
-    chunks = []
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-    with Progress(transient=True) as progress, torch.inference_mode(), autocast:
-        task = progress.add_task("backbone features", total=len(dataset))
-        for batch, _ in loader:
-            chunks.append(backbone(batch.contiguous(memory_format=torch.channels_last)).float())
-            progress.advance(task, len(batch))
-    return torch.cat(chunks).numpy()
+    if len(kept) != len(images):
+        raise ValueError("an image the scan decoded failed to decode for its features")
+    return features.float().numpy()
 
 
 def image_features(

@@ -20,7 +20,7 @@ from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write_json, atomic_write_text
 from imgclf.review import quarantine as quarantining
 from imgclf.review.duplicates import duplicate_flags, duplicate_groups
-from imgclf.review.findings import REASONS, Flag, check_reasons, class_counts, dataset_notes
+from imgclf.review.findings import Flag, check_reasons, class_counts, dataset_notes
 from imgclf.review.html import Thumbnails, render
 from imgclf.review.labels import FEATURES, suspect_labels
 from imgclf.review.scan import (
@@ -59,10 +59,10 @@ def check_settings(cfg: DictConfig) -> None:
     if labels.enabled and labels.features not in FEATURES:
         raise ImgclfError(f"labels.features={labels.features!r}; use one of {', '.join(FEATURES)}")
     if labels.enabled and labels.features != "pixels" and cfg.model.pretrained and not cfg.model.weights_path:
-        from imgclf.model import fetch_imagenet_weights
+        from imgclf.backbones import fetch_weights
 
         try:
-            fetch_imagenet_weights(cfg.model.allow_download)
+            fetch_weights(cfg.model.backbone, cfg.model.allow_download)
         except ImgclfError as exc:  # training's message, plus the review's own way out
             raise ImgclfError(
                 f"{exc} For the review, labels.features=pixels or labels.enabled=false need no weights."
@@ -162,32 +162,14 @@ def write_report(cfg: DictConfig, root: Path, found: dict[str, Any], moved: list
     return report_dir / "report.html"
 
 
-def print_summary(found: dict[str, Any], page: Path, moved: list[dict[str, Any]], root: Path) -> None:
-    summary, flags = found["summary"], found["flags"]
-    counts = Counter(f.reason for f in flags)
-    print(
-        f"reviewed {summary['images']} images in {', '.join(summary['splits'])} "
-        f"({len(summary['classes'])} classes): {len({f.path for f in flags})} files flagged"
-    )
-    for reason in REASONS:
-        if counts[reason]:
-            print(f"  {reason}: {counts[reason]}")
-    for note in found["notes"]:
-        print(f"  note: {note}")
-    if moved:
-        print(
-            f"quarantined {len(moved)} file(s) into {quarantining.quarantine_dir(root)} "
-            f"(undo: python scripts/review.py data.root={root} undo=true)"
-        )
-    print(f"report: {page}")
-
-
 def review(cfg: DictConfig) -> dict[str, Any]:
     root = Path(cfg.data.root)
     if cfg.undo:
         restored = quarantining.undo(root)
-        print(f"restored {len(restored)} file(s) from {quarantining.quarantine_dir(root)} into {root}")
-        return {"restored": [e["path"] for e in restored]}
+        return {
+            "restored": [e["path"] for e in restored],
+            "quarantine": str(quarantining.quarantine_dir(root)),
+        }
     check_settings(cfg)
     clock = Stopwatch()
     found = find_problems(cfg, root, clock)
@@ -195,12 +177,12 @@ def review(cfg: DictConfig) -> dict[str, Any]:
     page = write_report(cfg, root, found, moved)
     clock.lap("report")
     log.info("review stages (s): %s", clock.seconds)
-    print_summary(found, page, moved, root)
     return {
         **found["summary"],
         "flags": found["flags"],
         "notes": found["notes"],
         "quarantined": moved,
+        "quarantine": str(quarantining.quarantine_dir(root)),
         "seconds": clock.seconds,
         "report": str(page),
     }

@@ -65,8 +65,17 @@ class EngineHealth:
         return wait
 
 
-_KEYS = ("searchterms", "data", "engine", "fallback_engines", "overwrite", "search", "engines",
-         "browser", "download")
+_KEYS = (
+    "searchterms",
+    "data",
+    "engine",
+    "fallback_engines",
+    "overwrite",
+    "search",
+    "engines",
+    "browser",
+    "download",
+)
 
 
 def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -77,8 +86,7 @@ def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg, DictConfig):
         return {key: cfg[key] for key in _KEYS}
     return {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
-        else cfg[key]
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in _KEYS
     }
 
@@ -199,18 +207,19 @@ class _Job:
         try:
             context = await self._browser()
             hits = await engine.search(
-                context, report.term.search_term, want, run.skip,
+                context,
+                report.term.search_term,
+                want,
+                run.skip,
                 on_found=lambda n: run.show(f"searching {engine.name}: {n} found"),
             )
         except BlockedError as exc:
             wait = self.health.block(engine.name)
-            log.warning("%s; resting %s for %.0f s and trying the next engine", exc, engine.name,
-                        wait)
+            log.warning("%s; resting %s for %.0f s and trying the next engine", exc, engine.name, wait)
             report.engines[engine.name] = "blocked"
             return []
         except (EngineError, PlaywrightError) as exc:
-            log.warning("%s failed for %r: %s", engine.name, report.term.search_term,
-                        first_line(exc))
+            log.warning("%s failed for %r: %s", engine.name, report.term.search_term, first_line(exc))
             report.engines[engine.name] = "error"
             return []
         finally:
@@ -234,9 +243,7 @@ class _Job:
 class _TermRun:
     """One CSV row being scraped: its report, its progress bar and the URLs already handled."""
 
-    def __init__(
-        self, report: TermReport, store: DatasetStore, tried: set[str], progress: Progress
-    ) -> None:
+    def __init__(self, report: TermReport, store: DatasetStore, tried: set[str], progress: Progress) -> None:
         self.report = report
         self.store = store
         self.progress = progress

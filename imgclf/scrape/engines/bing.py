@@ -46,8 +46,9 @@ class BingEngine(SearchEngine):
     async def open(self, page: Page, query: str) -> None:
         params = urlencode({"q": query, "form": "HDRSC2", "first": 1})
         try:
-            response = await page.goto(f"{self.base_url}/images/search?{params}",
-                                       wait_until="domcontentloaded")
+            response = await page.goto(
+                f"{self.base_url}/images/search?{params}", wait_until="domcontentloaded"
+            )
         except PlaywrightError as exc:
             raise EngineError(f"{self.name}: the result page did not load ({first_line(exc)})")
         if response is not None and response.status == 429:
@@ -58,9 +59,7 @@ class BingEngine(SearchEngine):
             raise BlockedError(f"{self.name} refused the search for {query!r}: challenge page")
 
     async def harvest(self, page: Page) -> list[ImageHit]:
-        metadata = await page.eval_on_selector_all(
-            "a.iusc[m]", "els => els.map(e => e.getAttribute('m'))"
-        )
+        metadata = await page.eval_on_selector_all("a.iusc[m]", "els => els.map(e => e.getAttribute('m'))")
         hits: dict[str, ImageHit] = {}
         for text in metadata:
             try:

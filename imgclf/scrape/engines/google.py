@@ -36,9 +36,7 @@ from imgclf.scrape.engines.base import (
 )
 
 XSSI_PREFIX = ")]}'"
-_AF_DATA = re.compile(
-    r"AF_initDataCallback\(\s*\{[^\[]*?data:\s*(?:function\s*\(\)\s*\{\s*return\s*)?(?=\[)"
-)
+_AF_DATA = re.compile(r"AF_initDataCallback\(\s*\{[^\[]*?data:\s*(?:function\s*\(\)\s*\{\s*return\s*)?(?=\[)")
 _TRIPLE_TEXT = re.compile(r'\["(https?://[^"]+?)",(\d+),(\d+)\]')
 _DECODER = json.JSONDecoder()
 _MAX_DEPTH = 80
@@ -58,7 +56,7 @@ CAPTCHA_SELECTOR = "#captcha-form, form[action*='/sorry/'], iframe[src*='recaptc
 def json_values(text: str) -> Iterator[Any]:
     """The JSON values in a result page's data blobs or in a ``)]}'`` batch response."""
     if text.startswith(XSSI_PREFIX):
-        yield from _chunked_values(text[len(XSSI_PREFIX):])
+        yield from _chunked_values(text[len(XSSI_PREFIX) :])
         return
     for match in _AF_DATA.finditer(text):
         try:
@@ -187,8 +185,7 @@ class GoogleEngine(SearchEngine):
         params = urlencode({"q": query, **self.search_params, "hl": self.language})
         try:
             # The results are in the HTML and its responses; thumbnails need not finish loading.
-            response = await page.goto(f"{self.base_url}/search?{params}",
-                                       wait_until="domcontentloaded")
+            response = await page.goto(f"{self.base_url}/search?{params}", wait_until="domcontentloaded")
             if _is_consent(page.url):
                 await self._give_consent(page)
         except PlaywrightError as exc:
@@ -291,4 +288,3 @@ def _site_domain(base_url: str) -> str:
 
 def _is_consent(url: str) -> bool:
     return (urlsplit(url).hostname or "").startswith("consent.")
-
