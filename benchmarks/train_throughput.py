@@ -6,26 +6,26 @@ Measured side by side in one run on this machine (noisy machines: compare the ra
    module from JPEG files on disk, versus the same steps on batches already in memory;
 2. the same in-memory steps in fp32 / contiguous versus bf16 autocast / channels-last.
 
-    python benchmarks/train_throughput.py [--batches 6] [--image-size 299]
+    python benchmarks/train_throughput.py [--batches 6] [--image-size 299] [--backbone inception_v3]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from imgclf.data import ImageFolderDataModule
-from imgclf.hardware import cpu_has_fast_bf16
-from imgclf.model import preprocessing_for
+from imgclf.config import build
+from imgclf.hardware import cpu_has_fast_bf16, describe_machine
 from imgclf.module import ClassifierModule
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def write_photos(root: Path, per_class: int) -> None:
@@ -44,8 +44,8 @@ def write_photos(root: Path, per_class: int) -> None:
                 Image.fromarray(crop).save(folder / f"class_{label}_{n}.jpg", quality=90)
 
 
-def stage_one_module() -> ClassifierModule:
-    module = ClassifierModule(num_classes=2, optimizer=partial(torch.optim.Adam, lr=1e-4), pretrained=False)
+def stage_one_module(cfg) -> ClassifierModule:
+    module = build(cfg.model, num_classes=2)
     module.model.backbone.requires_grad_(False)
     module.model.backbone.eval()
     return module
@@ -76,35 +76,38 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=299)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--backbone", default="inception_v3")
     args = parser.parse_args()
     torch.manual_seed(0)
     fast = "bf16" if cpu_has_fast_bf16() else "fp32"
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF)):
         root = Path(tmp)
         write_photos(root, per_class=(args.batches + 1) * args.batch_size // 2 + 1)
-        data = ImageFolderDataModule(
-            str(root),
-            preprocessing_for(args.image_size),
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
+        cfg = compose(
+            "train",
+            [
+                f"data.root={root}",
+                f"data.image_size={args.image_size}",
+                f"data.batch_size={args.batch_size}",
+                f"data.num_workers={args.num_workers}",
+                f"model/backbone={args.backbone}",
+                "model.pretrained=false",
+            ],
         )
-        data.setup("fit")
+        data = build(cfg.data)
         loader = data.train_dataloader()
         in_memory = [batch for batch, _ in zip(loader, range(args.batches + 1))]
-        module = stage_one_module()
+        module = stage_one_module(cfg)
 
         from_files = timed_steps(module, (b for b, _ in zip(loader, range(args.batches + 1))), fast, True)
         from_memory = timed_steps(module, in_memory, fast, True)
         fp32 = timed_steps(module, in_memory, "fp32", False)
         bf16 = timed_steps(module, in_memory, "bf16", True)
 
+    print(f"# train_throughput: {describe_machine()}, {torch.get_num_threads()} threads")
     print(
-        f"# train_throughput: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU bf16 fast: {cpu_has_fast_bf16()}"
-    )
-    print(
-        f"stage-1 step (frozen Inception v3 backbone + MLP head), {args.image_size} px, batch "
+        f"stage-1 step (frozen {args.backbone} backbone + MLP head), {args.image_size} px, batch "
         f"{args.batch_size}, {args.batches} timed batches, num_workers={args.num_workers}\n"
     )
     print("| measurement | images/s |")

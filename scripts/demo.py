@@ -14,8 +14,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from omegaconf import OmegaConf  # noqa: E402
+
+from imgclf.backbones import weights_file  # noqa: E402
 from imgclf.demo import make_digits_dataset  # noqa: E402
-from imgclf.model import cached_weights_path, imagenet_weights_available  # noqa: E402
+
+BACKBONE = OmegaConf.load(ROOT / "conf" / "model" / "backbone" / "inception_v3.yaml")
 
 
 def step(*args: str) -> None:
@@ -28,12 +32,13 @@ def main() -> None:
     started = time.time()
     counts = make_digits_dataset(ROOT / "data" / "digits")
     print(f"digits dataset in data/digits: {counts}")
-    if imagenet_weights_available():
-        print(f"ImageNet weights found ({cached_weights_path()}): training the head on a frozen backbone.")
+    weights = weights_file(BACKBONE)
+    if weights.is_file():
+        print(f"ImageNet weights found ({weights}): training the head on a frozen backbone.")
         model = ["model.pretrained=true", "model.optimizer.lr=1e-3", "data.image_size=150"]
     else:
         print(
-            f"No ImageNet weights in {cached_weights_path().parent} (this machine is offline): "
+            f"No ImageNet weights in {weights.parent} (this machine is offline): "
             "training Inception v3 from scratch instead. With the weights, transfer learning "
             "is faster and more accurate."
         )

@@ -34,11 +34,13 @@ def assert_one_line_error(result, *fragments: str) -> None:
         assert fragment in error_lines[0]
 
 
-def test_missing_val_split(tmp_path, small_digits_root):
+def test_missing_val_split_without_a_fraction(tmp_path, small_digits_root):
     root = copy_dataset(small_digits_root, tmp_path / "data")
     shutil.rmtree(root / "val")
-    result = run_script("train", *FAST_TRAIN, f"data.root={root}", f"paths.model_dir={tmp_path}")
-    assert_one_line_error(result, str(root / "val"), "is missing")
+    result = run_script(
+        "train", *FAST_TRAIN, f"data.root={root}", f"paths.model_dir={tmp_path}", "data.val_fraction=null"
+    )
+    assert_one_line_error(result, str(root / "val"), "is missing", "data.val_fraction=0.2")
 
 
 def test_missing_dataset_points_to_the_scraper(tmp_path):
@@ -70,22 +72,24 @@ def test_one_class_is_not_a_classifier(tmp_path, small_digits_root):
         train(train_cfg(root, tmp_path))
 
 
-def test_non_images_are_skipped_and_counted(tmp_path, small_digits_root, caplog):
+def test_files_are_judged_by_content_not_name(tmp_path, small_digits_root, caplog):
     root = copy_dataset(small_digits_root, tmp_path / "data")
     (root / "train" / "0" / "notes.txt").write_text("not an image")
     (root / "train" / "1" / "fake.jpg").write_bytes(b"<html>this is not a jpeg</html>")
     (root / "train" / "7" / "empty.png").write_bytes(b"")
+    photo = next((root / "train" / "7").glob("*.png"))
+    shutil.copy(photo, root / "train" / "7" / "saved without an extension")
     with caplog.at_level("WARNING"):
         metrics = train(train_cfg(root, tmp_path))
     assert "val/acc" in metrics
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "skipped 1 file(s), not an image" in messages
-    assert "skipped 2 file(s), unreadable" in messages
+    assert "train: skipped 3 file(s) that are not images" in messages
 
+    from imgclf.folders import list_split
 
-def test_image_size_below_inception_minimum(tmp_path, small_digits_root):
-    with pytest.raises(ImgclfError, match="at least 75"):
-        train(train_cfg(small_digits_root, tmp_path, "data.image_size=64"))
+    listing = list_split(root, "train")
+    assert sorted(p.name for p in listing.skipped["not an image"]) == ["empty.png", "fake.jpg", "notes.txt"]
+    assert "saved without an extension" in [p.name for p in listing.files["7"]]
 
 
 def test_classify_missing_file(tmp_path, tiny_model):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose
+from conftest import compose, run_script
 from omegaconf import OmegaConf
 
 from imgclf.config import build
@@ -78,6 +78,24 @@ def test_loggers_instantiate(tmp_path, logger):
     cfg = compose("train", [f"logger={logger}"], output_dir=tmp_path)
     loggers = [build(conf) for conf in cfg.logger.values()]
     assert len(loggers) == {"csv": 1, "tensorboard": 1, "many": 2, "none": 0}[logger]
+
+
+def test_checkpointing_and_the_data_module_instantiate_from_their_own_config(tmp_path, small_digits_root):
+    cfg = compose("train", [f"data.root={small_digits_root}", "paths.model_dir=/m"], output_dir=tmp_path)
+    checkpoint = build(cfg.checkpoint)
+    assert type(checkpoint).__name__ == "ModelCheckpoint" and checkpoint.monitor == cfg.optimized_metric
+    assert checkpoint.dirpath == "/m/checkpoints"
+    data = build(cfg.data)
+    assert data.scan() == ["0", "1", "7"]
+    assert data.preprocessing["crop"] == 299 and data.preprocessing["resize"] == 342
+
+
+@pytest.mark.parametrize("script", ["train", "eval", "classify", "review", "scrape"])
+def test_scripts_start_without_hydra_warnings(script):
+    """Hydra 1.4 deprecates ``version_base`` and warns whenever a script passes it."""
+    result = run_script(script, "--cfg", "job")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warning" not in result.stderr and "version_base" not in result.stderr
 
 
 def test_callbacks_instantiate(tmp_path):

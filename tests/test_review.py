@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose
+from conftest import REPO_ROOT, compose
 from PIL import Image
 
 from imgclf.errors import ImgclfError
@@ -231,11 +233,26 @@ def test_backbone_features_path_runs(tmp_path, small_digits_root):
         [
             f"data.root={root}",
             "labels.features=both",
+            "model/backbone=mobilenet_v3_large",
             "model.pretrained=false",
-            "model.image_size=75",
+            "model.image_size=64",
             "model.num_workers=0",
             "model.batch_size=30",
         ],
     )
     result = review(cfg)
     assert result["images"] == 90 and "labels" in result["seconds"]
+
+
+def test_a_pixel_review_starts_without_lightning(tmp_path, small_digits_root):
+    """Pixel features need neither a network nor Lightning: the review starts in seconds."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "scripts/review.py", f"data.root={small_digits_root}",
+         "labels.features=pixels", f"report_dir={tmp_path / 'report'}", f"paths.log_dir={tmp_path / 'logs'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reviewed 90 images" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "imgclf.review.run" in imported
+    assert not any(name.split(".")[0] in ("pytorch_lightning", "lightning") for name in imported)

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from imgclf.data import SPLITS
+from imgclf.folders import SPLITS
 from imgclf.hashing import NearDuplicateIndex, hamming
 from imgclf.review.findings import Flag
 from imgclf.review.scan import ScannedImage

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgclf.data import SPLITS, list_split
 from imgclf.errors import ImgclfError
+from imgclf.folders import SPLITS, list_split
 from imgclf.hashing import perceptual_hash, sha256_bytes
 from imgclf.images import ImageDecodeError, load_image
 
@@ -56,7 +56,7 @@ class ScannedImage:
 def dataset_files(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[Path]]:
     """``{split: {class: [files]}}`` of the splits present, and the files training ignores.
 
-    Listing goes through :func:`imgclf.data.list_split` without its header check, so a missing
+    Listing goes through :func:`imgclf.folders.list_split` without its header check, so a missing
     or empty split fails with the same message as training, and broken images are kept for the
     review to report instead of being skipped silently.
     """
