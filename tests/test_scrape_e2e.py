@@ -131,7 +131,8 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
     check_rows_match_files(web, root, rows)
 
     hockey_report, soccer_report = summary["terms"]
-    assert hockey_report["engines"] == {"google": "ok", "bing": "ok"}  # short, so bing was asked
+    # Short, so the fallbacks were asked too.
+    assert hockey_report["engines"] == {"google": "ok", "bing": "ok", "duckduckgo": "ok"}
     assert (hockey_report["found"], hockey_report["downloaded"], hockey_report["have"]) == (21, 12,
                                                                                             12)
     assert hockey_report["rejected"] == {
@@ -142,6 +143,13 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
     assert soccer_report["rejected"]["duplicate_near"] == 1  # photo1, resized, is in train
     assert soccer_report["rejected"]["duplicate_exact"] == 1  # photo3, copied, is in train
     assert summary["totals"]["duplicates"] == 3 and summary["totals"]["short"] == 2
+    # Per engine: every URL its data named (full-size and thumbnails, the doodle on google.com),
+    # what it handed on, and why it skipped the rest.
+    google = summary["engines"]["google"]
+    assert (google["searches"], google["used"]) == (2, 26)
+    assert google["skipped"] == {"thumbnail_host": (21 + 1) + (6 + 1), "in_dataset": 1}  # + doodles
+    assert google["read"] == 21 + 6 + google["skipped"]["thumbnail_host"]
+    assert google["blocks"] == {} and summary["engines"]["bing"]["read"] == 0
 
     # Chromium asked for www.google.com (mapped to the fixture), gave consent once (the cookie
     # held for the second search), scrolled for the second batch and pressed "more results".
@@ -152,7 +160,7 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
     assert web.count("www.google.com", batches, batch="2", q="hockey player") == 1
     assert web.count("www.google.com", batches, batch="3", q="hockey player") == 1
     assert {host for _, host, _ in web.requests} <= {
-        "www.google.com", "consent.google.com", "www.bing.com", "127.0.0.1"}
+        "www.google.com", "consent.google.com", "www.bing.com", "duckduckgo.com", "127.0.0.1"}
 
     assert snapshot(tmp_path, skip=root) == before  # nothing outside the dataset changed
     assert list(cwd.iterdir()) == []
@@ -205,8 +213,10 @@ def test_captcha_is_reported_and_backed_off_from(web, chromium_path, tmp_path, c
     summary = scrape(scrape_config(web, chromium_path, csv, root))
 
     cat, dog = summary["terms"]
-    assert cat["engines"] == {"google": "blocked", "bing": "ok"}
+    assert cat["engines"] == {"google": "blocked (CAPTCHA)", "bing": "ok"}
     assert dog["engines"] == {"google": "resting", "bing": "ok"}
+    assert summary["engines"]["google"]["blocks"] == {"CAPTCHA": 1}
+    assert summary["engines"]["google"]["resting"] == 1
     assert (cat["downloaded"], dog["downloaded"]) == (5, 2)
     # One request met the CAPTCHA; nothing was retried, and Google was left alone afterwards.
     assert web.count("www.google.com", "/search", q="blocked cat") == 2  # before/after consent
@@ -226,7 +236,7 @@ def test_unusual_traffic_page_with_status_200_is_a_block(web, chromium_path, tmp
     csv = write_csv(tmp_path, "cats,3,cats,train\n")
     summary = scrape(scrape_config(web, chromium_path, csv, tmp_path / "ds",
                                    "fallback_engines=[]"))
-    assert summary["terms"][0]["engines"] == {"google": "blocked"}
+    assert summary["terms"][0]["engines"] == {"google": "blocked (unusual traffic page)"}
     assert summary["totals"]["short"] == 1
     assert web.count("www.google.com", "/search", q="cats") == 2  # before/after consent
     assert "'unusual traffic' page" in caplog.text

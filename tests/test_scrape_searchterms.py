@@ -84,10 +84,34 @@ def test_plain_folder_names_are_accepted(tmp_path, folder):
     assert read_searchterms(path)[0].folder_name == folder
 
 
-def test_not_utf8_says_so(tmp_path):
+ORIGINAL_HEADER = "search_term,number_imgs,category,set\n"
+
+
+@pytest.mark.parametrize("header", [HEADER, ORIGINAL_HEADER])
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_both_headers_in_utf8_and_latin1(tmp_path, caplog, header, encoding):
+    """The documented header and the one the original's code read; the original's files were
+    latin-1."""
     path = tmp_path / "searchterms.csv"
-    path.write_bytes(HEADER.encode() + "caf\xe9,5,cafe,train\n".encode("latin-1"))
-    with pytest.raises(SearchTermsError, match="not UTF-8"):
+    path.write_bytes((header + "pétanque,80,target_sports,train\n").encode(encoding))
+    assert read_searchterms(path) == [SearchTerm(2, "pétanque", 80, "target_sports", "train")]
+    assert ("read it as latin-1" in caplog.text) == (encoding == "latin-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (ORIGINAL_HEADER + "cat,5,../cats,train\n", "line 2: folder_name '../cats' is not a plain"),
+        (ORIGINAL_HEADER + "cat,x,cats,train\n", "line 2: number_imgs 'x' is not a whole number"),
+        ("search_term,number_imgs,category,set,url\n", "line 1: unknown column 'url'"),
+        ("search_term,number_imgs,category,folder_name,set\n", "line 1: a column is named twice"),
+        ("search_term,number_imgs,category\nx,1,y\n", "line 1: missing column 'train_val'"),
+    ],
+)
+def test_original_header_is_checked_as_strictly(tmp_path, text, message):
+    path = tmp_path / "searchterms.csv"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(SearchTermsError, match=message.replace("(", r"\(")):
         read_searchterms(path)
 
 
