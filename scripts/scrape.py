@@ -1,7 +1,7 @@
 """Build data/image_dataset/{train,val,test}/{class}/ from a search-terms CSV.
 
-    python scripts/scrape.py [searchterms=PATH|hockey] [data.root=DIR] [engine=bing]
-    python scripts/scrape.py top_up.weakest=3 top_up.from=data/trained_model/eval_val/metrics.json
+python scripts/scrape.py [searchterms=PATH|hockey] [data.root=DIR] [engine=bing]
+python scripts/scrape.py top_up.weakest=3 top_up.from=data/trained_model/eval_val/metrics.json
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ def main(cfg: DictConfig) -> None:
     try:
         if cfg.top_up["from"] is not None or cfg.top_up.weakest:
             if cfg.top_up["from"] is None:
-                raise ImgclfError("top_up.weakest needs top_up.from=PATH/metrics.json (written by "
-                                  "python scripts/eval.py split=val)")
+                raise ImgclfError(
+                    "top_up.weakest needs top_up.from=PATH/metrics.json (written by "
+                    "python scripts/eval.py split=val)"
+                )
             classes = weakest_classes(cfg.top_up["from"], cfg.top_up.weakest, cfg.top_up.metric)
-            console.print(f"topping up the {len(classes)} classes with the lowest "
-                          f"{cfg.top_up.metric}: {', '.join(classes)}")
+            console.print(
+                f"topping up the {len(classes)} classes with the lowest "
+                f"{cfg.top_up.metric}: {', '.join(classes)}"
+            )
             summary = top_up(cfg, classes, cfg.top_up.extra_images, console)
             print_summary(console, summary)
             console.print(_classes_table(summary["classes"]))
@@ -58,9 +62,13 @@ def _classes_table(classes: dict) -> Table:
     table.add_column("searched")
     for name, row in classes.items():
         have = f"{row['have']}/{row['wanted']}"
-        table.add_row(name, str(row["had"]), str(row["added"]),
-                      f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
-                      "; ".join(row["searches"]))
+        table.add_row(
+            name,
+            str(row["had"]),
+            str(row["added"]),
+            f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
+            "; ".join(row["searches"]),
+        )
     return table
 
 

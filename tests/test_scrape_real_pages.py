@@ -25,8 +25,7 @@ from imgclf.scrape.engines.bing import related_searches as bing_related
 from imgclf.scrape.engines.google import extract_hits
 from imgclf.scrape.engines.google import related_searches as google_related
 
-REAL_PAGES = Path(os.environ.get("IMGCLF_REAL_PAGES")
-                  or REPO_ROOT.parent / "shared" / "data" / "real-pages")
+REAL_PAGES = Path(os.environ.get("IMGCLF_REAL_PAGES") or REPO_ROOT.parent / "shared" / "data" / "real-pages")
 GOOGLE_IGNORE = ("gstatic.com", "google.com", "google.de")
 WRAPS = {"raw": "", "xssi": ")]}'\n"}
 
@@ -109,16 +108,14 @@ def containers(data: list) -> dict[str, str]:
     chunk = compact + "\n"
     return {
         "AF_initDataCallback": f"<script nonce='x'>AF_initDataCallback({{key: 'ds:1', hash: '2', "
-                               f"data:{compact}, sideChannel: {{}}}});</script>",
-        "udm=2 script object": f"<script nonce='x'>(function(){{window.W_jd = {compact};}})();"
-                               "</script>",
+        f"data:{compact}, sideChannel: {{}}}});</script>",
+        "udm=2 script object": f"<script nonce='x'>(function(){{window.W_jd = {compact};}})();</script>",
         "var data = string": f"<script>var data = {json.dumps(compact)};</script>",
         "JSON.parse, escapes doubled": "<script>var d = JSON.parse('"
-                                       + compact.replace("\\", "\\\\").replace("'", "\\'")
-                                       + "');</script>",
-        ")]}' decimal framing": f")]}}'\n\n{len(envelope)}\n{envelope}\n25\n[[\"di\",42]]\n",
-        ")]}' hex framing": f")]}}'\n19;[\"qY7YXPKuMcKua-uQt5gJ\"]\n4;[2]\n{len(chunk):x};{chunk}"
-                            "4;[9]\n0;",
+        + compact.replace("\\", "\\\\").replace("'", "\\'")
+        + "');</script>",
+        ")]}' decimal framing": f')]}}\'\n\n{len(envelope)}\n{envelope}\n25\n[["di",42]]\n',
+        ")]}' hex framing": f')]}}\'\n19;["qY7YXPKuMcKua-uQt5gJ"]\n4;[2]\n{len(chunk):x};{chunk}4;[9]\n0;',
     }
 
 

@@ -79,7 +79,6 @@ def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
 def rewrite_manifest(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
     """Replace the whole manifest in one step (used when overwrite=true drops rows)."""
     text = "".join(
-        json.dumps({name: row.get(name) for name in FIELDS}, ensure_ascii=False) + "\n"
-        for row in rows
+        json.dumps({name: row.get(name) for name in FIELDS}, ensure_ascii=False) + "\n" for row in rows
     )
     atomic_write_text(path, text)

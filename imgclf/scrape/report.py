@@ -167,13 +167,22 @@ def engine_table(engines: dict[str, dict[str, Any]]) -> Table:
     table.add_column("skipped because")
     table.add_column("blocked")
     for name, engine in engines.items():
-        why = ", ".join(f"{count} {SKIP_HELP.get(reason, reason)}"
-                        for reason, count in sorted(engine["skipped"].items(), key=lambda kv: -kv[1]))
+        why = ", ".join(
+            f"{count} {SKIP_HELP.get(reason, reason)}"
+            for reason, count in sorted(engine["skipped"].items(), key=lambda kv: -kv[1])
+        )
         blocks = [f"{kind} ×{count}" for kind, count in engine["blocks"].items()]
         if engine["resting"]:
             blocks.append(f"resting for {engine['resting']} searches")
         if engine["errors"]:
             blocks.append(f"{engine['errors']} errors")
-        table.add_row(name, str(engine["searches"]), str(engine["read"]), str(engine["used"]),
-                      str(sum(engine["skipped"].values())), why or "-", ", ".join(blocks) or "-")
+        table.add_row(
+            name,
+            str(engine["searches"]),
+            str(engine["read"]),
+            str(engine["used"]),
+            str(sum(engine["skipped"].values())),
+            why or "-",
+            ", ".join(blocks) or "-",
+        )
     return table

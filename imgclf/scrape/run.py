@@ -65,8 +65,10 @@ class Interrupted(ImgclfError):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}; nothing half-written was "
-                         "left, run the same command again to continue")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}; nothing half-written was "
+            "left, run the same command again to continue"
+        )
 
 
 class EngineHealth:
@@ -87,8 +89,17 @@ class EngineHealth:
         return wait
 
 
-_KEYS = ("searchterms", "data", "engine", "fallback_engines", "overwrite", "search", "engines",
-         "browser", "download")
+_KEYS = (
+    "searchterms",
+    "data",
+    "engine",
+    "fallback_engines",
+    "overwrite",
+    "search",
+    "engines",
+    "browser",
+    "download",
+)
 _OPTIONAL_KEYS = ("top_up",)
 
 
@@ -101,8 +112,7 @@ def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg, DictConfig):
         return {key: cfg[key] for key in keys}
     return {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
-        else cfg[key]
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in keys
     }
 
@@ -164,16 +174,21 @@ def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall"
     if metric not in ("recall", "f1"):
         raise ImgclfError(f"top_up.metric={metric}: use recall or f1")
     if count <= 0:
-        raise ImgclfError(f"top_up.weakest={count}: give how many of the weakest classes to top "
-                          "up, e.g. top_up.weakest=3")
+        raise ImgclfError(
+            f"top_up.weakest={count}: give how many of the weakest classes to top up, e.g. top_up.weakest=3"
+        )
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ImgclfError(f"{path} not found; evaluate the model first (python scripts/eval.py "
-                          "split=val) or point top_up.from at its metrics.json") from None
+        raise ImgclfError(
+            f"{path} not found; evaluate the model first (python scripts/eval.py "
+            "split=val) or point top_up.from at its metrics.json"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImgclfError(f"{path} is not an evaluation's metrics.json ({exc}); point "
-                          "top_up.from at the file scripts/eval.py wrote") from None
+        raise ImgclfError(
+            f"{path} is not an evaluation's metrics.json ({exc}); point "
+            "top_up.from at the file scripts/eval.py wrote"
+        ) from None
     per_class = metrics.get("per_class") if isinstance(metrics, dict) else None
     scores = {}
     for name, values in (per_class or {}).items():
@@ -181,8 +196,10 @@ def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall"
         if isinstance(score, (int, float)) and not isinstance(score, bool):
             scores[name] = float(score)
     if not scores:
-        raise ImgclfError(f"{path} has no per_class {metric}; point top_up.from at the "
-                          "metrics.json that scripts/eval.py wrote")
+        raise ImgclfError(
+            f"{path} has no per_class {metric}; point top_up.from at the "
+            "metrics.json that scripts/eval.py wrote"
+        )
     return sorted(scores, key=lambda name: (scores[name], name))[:count]
 
 
@@ -209,8 +226,7 @@ def top_up(
     for name in dict.fromkeys(classes):
         rows = [t for t in terms if t.folder_name == name]
         if not rows:
-            log.warning("class %s has no row in the CSV; searching for %r", name,
-                        name.replace("_", " "))
+            log.warning("class %s has no row in the CSV; searching for %r", name, name.replace("_", " "))
         phrasings[name] = list(dict.fromkeys(t.search_term for t in rows)) or [name.replace("_", " ")]
         store.remove_stale_temp_files("train", name)
     max_related = int((cfg.get("top_up") or {}).get("max_related", 5))
@@ -338,11 +354,17 @@ class _Job:
                     reports.append(await self._row(term, suggest if index < len(own) else None))
                     searched.append(phrase)
                 have = self.store.count("train", name)
-                per_class[name] = {"had": had, "added": have - had, "have": have,
-                                   "wanted": wanted, "searches": searched}
+                per_class[name] = {
+                    "had": had,
+                    "added": have - had,
+                    "have": have,
+                    "wanted": wanted,
+                    "searches": searched,
+                }
                 if have < wanted:
-                    log.warning("%s: added %d of %d images; the engines had no more new ones",
-                                name, have - had, extra)
+                    log.warning(
+                        "%s: added %d of %d images; the engines had no more new ones", name, have - had, extra
+                    )
         return reports, per_class
 
     async def _browser(self) -> BrowserContext:
@@ -380,20 +402,21 @@ class _Job:
         try:
             context = await self._browser()
             hits = await engine.search(
-                context, report.term.search_term, want, run.skip,
+                context,
+                report.term.search_term,
+                want,
+                run.skip,
                 on_found=lambda n: run.show(f"searching {engine.name}: {n} found"),
                 on_related=on_related,
             )
         except BlockedError as exc:
             wait = self.health.block(engine.name)
-            log.warning("%s; resting %s for %.0f s and trying the next engine", exc, engine.name,
-                        wait)
+            log.warning("%s; resting %s for %.0f s and trying the next engine", exc, engine.name, wait)
             report.engines[engine.name] = f"blocked ({exc.kind})"
             stats.blocks[exc.kind] += 1
             return []
         except (EngineError, PlaywrightError) as exc:
-            log.warning("%s failed for %r: %s", engine.name, report.term.search_term,
-                        first_line(exc))
+            log.warning("%s failed for %r: %s", engine.name, report.term.search_term, first_line(exc))
             report.engines[engine.name] = "error"
             stats.errors += 1
             return []
@@ -421,9 +444,7 @@ class _Job:
 class _TermRun:
     """One CSV row being scraped: its report, its progress bar and the URLs already handled."""
 
-    def __init__(
-        self, report: TermReport, store: DatasetStore, tried: set[str], progress: Progress
-    ) -> None:
+    def __init__(self, report: TermReport, store: DatasetStore, tried: set[str], progress: Progress) -> None:
         self.report = report
         self.store = store
         self.progress = progress

@@ -104,8 +104,11 @@ def _read_rows(path: Path, reader) -> list[SearchTerm]:
         term = _parse_row(path, line, header, fields)
         key = (term.search_term.casefold(), term.folder_name, term.split)
         if key in seen:
-            _fail(path, line, f"repeats line {seen[key]} (same search term, folder and split); "
-                  "merge the two rows")
+            _fail(
+                path,
+                line,
+                f"repeats line {seen[key]} (same search term, folder and split); merge the two rows",
+            )
         seen[key] = line
         terms.append(term)
     if not terms:
@@ -128,22 +131,27 @@ def _read_header(path: Path, reader) -> list[str]:
     line = reader.line_num
     unknown = [name for name in written if name not in COLUMNS and name not in ALIASES]
     if unknown:
-        _fail(path, line, f"unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)} "
-              "(or the original's search_term, number_imgs, category, set)")
+        _fail(
+            path,
+            line,
+            f"unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)} "
+            "(or the original's search_term, number_imgs, category, set)",
+        )
     missing = [name for name in COLUMNS if name not in header]
     if missing:
-        _fail(path, line, f"missing column {missing[0]!r}; the header must name "
-              f"{', '.join(COLUMNS)}")
+        _fail(path, line, f"missing column {missing[0]!r}; the header must name {', '.join(COLUMNS)}")
     if len(set(header)) != len(header):
-        _fail(path, line, "a column is named twice in the header (category is folder_name, set is "
-              "train_val)")
+        _fail(path, line, "a column is named twice in the header (category is folder_name, set is train_val)")
     return header
 
 
 def _parse_row(path: Path, line: int, header: list[str], fields: list[str]) -> SearchTerm:
     if len(fields) != len(header):
-        _fail(path, line, f"{len(fields)} fields where the header has {len(header)}; "
-              "quote values that contain commas")
+        _fail(
+            path,
+            line,
+            f"{len(fields)} fields where the header has {len(header)}; quote values that contain commas",
+        )
     row = {name: value.strip() for name, value in zip(header, fields)}
     if not row["search_term"]:
         _fail(path, line, "search_term is empty")
@@ -169,8 +177,12 @@ def _check_folder_name(path: Path, line: int, name: str) -> str:
     if not name:
         _fail(path, line, "folder_name is empty; name the class folder, e.g. hockey_player")
     if len(name) > MAX_FOLDER_NAME or ".." in name or not _FOLDER_NAME.match(name):
-        _fail(path, line, f"folder_name {name!r} is not a plain folder name; use letters, digits, "
-              "'_' and '-' (no '/', '\\', '..', spaces or leading dot), e.g. hockey_player")
+        _fail(
+            path,
+            line,
+            f"folder_name {name!r} is not a plain folder name; use letters, digits, "
+            "'_' and '-' (no '/', '\\', '..', spaces or leading dot), e.g. hockey_player",
+        )
     return name
 
 

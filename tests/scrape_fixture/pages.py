@@ -40,37 +40,117 @@ def _result(url: str, index: int) -> list:
     docid = f"doc{index}"
     page = f"https://example.org/page/{index}"
     title = f"Result {index}"
-    about = (f"https://www.google.com/search/about-this-image?img=H4sIAAAA{index}&q={page}"
-             "&ctx=iv&hl=en-US")
+    about = f"https://www.google.com/search/about-this-image?img=H4sIAAAA{index}&q={page}&ctx=iv&hl=en-US"
     metadata = {
         "22": False,
         "25": False,
         "2001": [None, None, None, 0, 0, 0, 0, False, False],
-        "2003": [None, f"src{index}", page, title, None, None, None, None, None, False, None,
-                 None, "Example", None, None, None, None, "example.org", *[None] * 6, False,
-                 [None, 2], *[None] * 7, about],
+        "2003": [
+            None,
+            f"src{index}",
+            page,
+            title,
+            None,
+            None,
+            None,
+            None,
+            None,
+            False,
+            None,
+            None,
+            "Example",
+            None,
+            None,
+            None,
+            None,
+            "example.org",
+            *[None] * 6,
+            False,
+            [None, 2],
+            *[None] * 7,
+            about,
+        ],
         "2008": [None, title],
     }
-    record = [1, [0, docid, [THUMB.format(docid=docid), 187, 270], [url, 600, 800], None, 0,
-                  None, None, False, metadata], None,
-              [233, 161, None, None, None, 233, 161, 0, None, 0, None, None, None, True, 0], index,
-              None, None, docid, 1]
+    record = [
+        1,
+        [
+            0,
+            docid,
+            [THUMB.format(docid=docid), 187, 270],
+            [url, 600, 800],
+            None,
+            0,
+            None,
+            None,
+            False,
+            metadata,
+        ],
+        None,
+        [233, 161, None, None, None, 233, 161, 0, None, 0, None, None, None, True, 0],
+        index,
+        None,
+        None,
+        docid,
+        1,
+    ]
     return [[{"444383007": record}]]
 
 
 def _related_block(query: str, phrases: list[str]) -> list:
     """The "Related searches" item: a type-7 header record, then a type-14 record per search."""
-    header = [7, None, None, [233, 0, None, None, None, 233, 0, 0], 24, None, None, "b-15-0", 1,
-              None, None, None, ["15-0", None, None, "Related searches"]]
+    header = [
+        7,
+        None,
+        None,
+        [233, 0, None, None, None, 233, 0, 0],
+        24,
+        None,
+        None,
+        "b-15-0",
+        1,
+        None,
+        None,
+        None,
+        ["15-0", None, None, "Related searches"],
+    ]
     entries = []
     for n, phrase in enumerate(phrases):
         link = f"/search?q={quote_plus(phrase)}&tbm=isch"
-        entries.append([[{"444383007": [
-            14, None, None, [0, 0, None, None, None, 233, 0, 116], None, None, None, f"rel{n}",
-            *[None] * 20,
-            [phrase, None, link, None, None, phrase, None, None, None, None, None,
-             [None, phrase, None, None, None, None, 2], THUMB.format(docid=f"rel{n}")],
-        ]}]])
+        entries.append(
+            [
+                [
+                    {
+                        "444383007": [
+                            14,
+                            None,
+                            None,
+                            [0, 0, None, None, None, 233, 0, 116],
+                            None,
+                            None,
+                            None,
+                            f"rel{n}",
+                            *[None] * 20,
+                            [
+                                phrase,
+                                None,
+                                link,
+                                None,
+                                None,
+                                phrase,
+                                None,
+                                None,
+                                None,
+                                None,
+                                None,
+                                [None, phrase, None, None, None, None, 2],
+                                THUMB.format(docid=f"rel{n}"),
+                            ],
+                        ]
+                    }
+                ]
+            ]
+        )
     return [[{"444383007": header}], [entries]]
 
 
@@ -78,14 +158,28 @@ def _chips(query: str, labels: list[str]) -> list:
     chips = []
     for n, label in enumerate(labels):
         state = f"q:{query},g_1:{label}:c{n}="
-        chips.append([label, [THUMB.format(docid=f"chip{n}"), None, None, True, [None, 3]],
-                      f"/search?q={quote_plus(query)}&tbm=isch&chips={quote(state, safe=':,')}",
-                      None, None, [None, None, None, None, state], n])
+        chips.append(
+            [
+                label,
+                [THUMB.format(docid=f"chip{n}"), None, None, True, [None, 3]],
+                f"/search?q={quote_plus(query)}&tbm=isch&chips={quote(state, safe=':,')}",
+                None,
+                None,
+                [None, None, None, None, state],
+                n,
+            ]
+        )
     return [[["g_1", chips]]]
 
 
-def google_data(urls: list[str], start: int = 0, thumbs_only: bool = False, query: str = "",
-                related: list[str] = (), chips: list[str] = ()) -> list:
+def google_data(
+    urls: list[str],
+    start: int = 0,
+    thumbs_only: bool = False,
+    query: str = "",
+    related: list[str] = (),
+    chips: list[str] = (),
+) -> list:
     """The result data of one page or batch, nested as in the 2026 capture."""
     items = []
     for index, url in enumerate(urls, start=start):
@@ -102,8 +196,10 @@ def google_data(urls: list[str], start: int = 0, thumbs_only: bool = False, quer
 
 
 def _callback(key: str, data) -> str:
-    return (f"<script nonce=\"n\">AF_initDataCallback({{key: '{key}', hash: '2', "
-            f"data:{google_json(data)}, sideChannel: {{}}}});</script>")
+    return (
+        f"<script nonce=\"n\">AF_initDataCallback({{key: '{key}', hash: '2', "
+        f"data:{google_json(data)}, sideChannel: {{}}}});</script>"
+    )
 
 
 def _container(layout: str, data) -> str:
@@ -111,8 +207,11 @@ def _container(layout: str, data) -> str:
     if layout == "af":
         return _callback("ds:1", data)
     if layout == "udm2":  # udm=2 pages: an object assigned inside a plain script
-        return ('<script nonce="n">(function(){var m=' + google_json(data)
-                + ";window.W_jd=window.W_jd||{};window.W_jd['ds:1']=m;})();</script>")
+        return (
+            '<script nonce="n">(function(){var m='
+            + google_json(data)
+            + ";window.W_jd=window.W_jd||{};window.W_jd['ds:1']=m;})();</script>"
+        )
     if layout == "jsstring":  # a JavaScript string holding the JSON, quotes escaped
         literal = json.dumps(google_json(data), ensure_ascii=False)
         return f'<script nonce="n">var data = {literal};window.W_jd = JSON.parse(data);</script>'
@@ -164,8 +263,14 @@ _SPACER = '<div style="height:1500px"></div>'
 _STYLE = "<style>.tile{display:block;width:240px;height:220px;margin:4px;background:#ccc}</style>"
 
 
-def google_results(query: str, urls: list[str], tiles_only: bool = False, layout: str = "af",
-                   related: list[str] = (), chips: list[str] = ()) -> str:
+def google_results(
+    query: str,
+    urls: list[str],
+    tiles_only: bool = False,
+    layout: str = "af",
+    related: list[str] = (),
+    chips: list[str] = (),
+) -> str:
     """The first result page; ``tiles_only`` hides the full-size URLs from the data."""
     tiles = "".join(
         f'<div class="tile" data-docid="doc{i}" data-lpage="https://example.org/page/{i}"'
@@ -347,18 +452,32 @@ def ddg_page(query: str, vqd: str) -> str:
 def ddg_results(query: str, vqd: str, urls: list[str], start: int, total: int) -> str:
     """One ``i.js`` batch: results with image, page and Bing thumbnail; ``next`` until the end."""
     results = [
-        {"height": 600, "image": url, "image_token": f"tok{n}", "source": "Bing",
-         "thumbnail": f"https://tse{n % 4 + 1}.mm.bing.net/th?id=OIP.ddg{n}&pid=Api",
-         "thumbnail_token": f"th{n}", "title": f"Image {n}", "url": f"https://example.com/ddg/{n}",
-         "width": 800}
+        {
+            "height": 600,
+            "image": url,
+            "image_token": f"tok{n}",
+            "source": "Bing",
+            "thumbnail": f"https://tse{n % 4 + 1}.mm.bing.net/th?id=OIP.ddg{n}&pid=Api",
+            "thumbnail_token": f"th{n}",
+            "title": f"Image {n}",
+            "url": f"https://example.com/ddg/{n}",
+            "width": 800,
+        }
         for n, url in enumerate(urls, start=start)
     ]
     following = start + len(urls)
-    answer = {"ads": None, "query": query, "queryEncoded": quote_plus(query),
-              "response_type": "images", "results": results, "vqd": {query: vqd}}
+    answer = {
+        "ads": None,
+        "query": query,
+        "queryEncoded": quote_plus(query),
+        "response_type": "images",
+        "results": results,
+        "vqd": {query: vqd},
+    }
     if following < total:
-        answer["next"] = (f"i.js?l=wt-wt&o=json&q={quote_plus(query)}&vqd={vqd}&f=,,,,,&p=1"
-                          f"&s={following}&u=bing")
+        answer["next"] = (
+            f"i.js?l=wt-wt&o=json&q={quote_plus(query)}&vqd={vqd}&f=,,,,,&p=1&s={following}&u=bing"
+        )
     return json.dumps(answer)
 
 

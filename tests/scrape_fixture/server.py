@@ -34,10 +34,28 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "fixture-cert.pem", directory / "fixture-key.pem"
     names = ",".join([*(f"DNS:{host}" for host in HOSTS), "DNS:localhost", "IP:127.0.0.1"])
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=imgclf test fixture", "-addext", f"subjectAltName={names}"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=imgclf test fixture",
+            "-addext",
+            f"subjectAltName={names}",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -113,8 +131,13 @@ class FixtureServer:
         with self._lock:
             for table in (self.google, self.bing, self.bing_related, self.ddg, self.ddg_related):
                 table.clear()
-            for queries in (self.ddg_refused, self.ddg_anomaly, self.blocked, self.soft_blocked,
-                            self.js_challenge):
+            for queries in (
+                self.ddg_refused,
+                self.ddg_anomaly,
+                self.blocked,
+                self.soft_blocked,
+                self.js_challenge,
+            ):
                 queries.clear()
             self.image_latency_s = 0.0
             self.requests.clear()
@@ -141,8 +164,10 @@ class FixtureServer:
         for _, req_host, path in list(self.requests):
             parts = urlsplit(path)
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-            if req_host == host and parts.path.startswith(path_prefix) and all(
-                query.get(k) == v for k, v in params.items()
+            if (
+                req_host == host
+                and parts.path.startswith(path_prefix)
+                and all(query.get(k) == v for k, v in params.items())
             ):
                 total += 1
         return total
@@ -218,14 +243,20 @@ class _Handler(BaseHTTPRequestHandler):
         if handler:
             handler()
         elif host == "127.0.0.1" and parts.path.startswith("/img/"):
-            self._image(parts.path[len("/img/"):])
+            self._image(parts.path[len("/img/") :])
         else:
             self._send(404, b"not found", "text/plain")
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes | str, content_type: str = "text/html",
-              headers: dict[str, str] | None = None, send_length: bool = True) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes | str,
+        content_type: str = "text/html",
+        headers: dict[str, str] | None = None,
+        send_length: bool = True,
+    ) -> None:
         body = body.encode() if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -257,8 +288,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, pages.js_challenge_page(query))
         elif query in self.fixture.google:
             answer = self.fixture.google[query]
-            self._send(200, pages.google_results(query, answer.first, answer.tiles_only,
-                                                 answer.layout, answer.related, answer.chips))
+            self._send(
+                200,
+                pages.google_results(
+                    query, answer.first, answer.tiles_only, answer.layout, answer.related, answer.chips
+                ),
+            )
         else:
             self._send(200, pages.google_results(query, []))
 
@@ -280,8 +315,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _consent_save(self) -> None:
         target = self.form.get("continue", ["https://www.google.com/"])[0]
-        cookie = "SOCS=CAESHAgBEhJnd3NfMjAyNDAxMTAtMF9SQzIaAmVuIAEaBgiA; Domain=.google.com; " \
-                 "Path=/; Secure; SameSite=Lax"
+        cookie = (
+            "SOCS=CAESHAgBEhJnd3NfMjAyNDAxMTAtMF9SQzIaAmVuIAEaBgiA; Domain=.google.com; "
+            "Path=/; Secure; SameSite=Lax"
+        )
         self._send(303, b"", headers={"Location": target, "Set-Cookie": cookie})
 
     # -- Bing --------------------------------------------------------------------------------
@@ -291,8 +328,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _bing_search(self) -> None:
         query = self.query.get("q", "")
         urls = self.fixture.bing.get(query, [])
-        self._send(200, pages.bing_results(query, urls[: self._BING_FIRST_PAGE],
-                                           self.fixture.bing_related.get(query, [])))
+        self._send(
+            200,
+            pages.bing_results(
+                query, urls[: self._BING_FIRST_PAGE], self.fixture.bing_related.get(query, [])
+            ),
+        )
 
     def _bing_async(self) -> None:
         urls = self.fixture.bing.get(self.query.get("q", ""), [])
@@ -321,8 +362,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             urls = self.fixture.ddg.get(query, [])
             start = int(self.query.get("s", "0"))
-            body = pages.ddg_results(query, self._vqd(query), urls[start:start + DDG_BATCH], start,
-                                     len(urls))
+            body = pages.ddg_results(
+                query, self._vqd(query), urls[start : start + DDG_BATCH], start, len(urls)
+            )
             self._send(200, body, "application/json; charset=utf-8")
 
     def _ddg_suggestions(self) -> None:
@@ -341,5 +383,4 @@ class _Handler(BaseHTTPRequestHandler):
             if route.redirect_to:
                 self._redirect(route.redirect_to)
             else:
-                self._send(route.status, route.body, route.content_type,
-                           send_length=route.send_length)
+                self._send(route.status, route.body, route.content_type, send_length=route.send_length)

@@ -51,8 +51,9 @@ class BingEngine(SearchEngine):
     async def open(self, page: Page, query: str) -> None:
         params = urlencode({"q": query, "form": "HDRSC2", "first": 1})
         try:
-            response = await page.goto(f"{self.base_url}/images/search?{params}",
-                                       wait_until="domcontentloaded")
+            response = await page.goto(
+                f"{self.base_url}/images/search?{params}", wait_until="domcontentloaded"
+            )
         except PlaywrightError as exc:
             raise EngineError(f"{self.name}: the result page did not load ({first_line(exc)})")
         if response is not None and response.status == 429:
@@ -63,9 +64,7 @@ class BingEngine(SearchEngine):
             raise BlockedError(f"{self.name} refused the search for {query!r}: challenge page", CAPTCHA)
 
     async def harvest(self, page: Page) -> list[ImageHit]:
-        metadata = await page.eval_on_selector_all(
-            "a.iusc[m]", "els => els.map(e => e.getAttribute('m'))"
-        )
+        metadata = await page.eval_on_selector_all("a.iusc[m]", "els => els.map(e => e.getAttribute('m'))")
         return tile_hits(metadata, self.ignore, self.stats.urls)
 
     async def related(self, page: Page, query: str) -> list[str]:
@@ -140,5 +139,18 @@ class _RelatedLinks(HTMLParser):
             self._open.pop()
 
 
-_VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-              "track", "wbr"}
+_VOID_TAGS = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "source",
+    "track",
+    "wbr",
+}

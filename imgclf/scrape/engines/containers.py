@@ -32,8 +32,18 @@ _MAX_DEPTH = 6  # containers inside containers (a string in a chunk in a respons
 _VALUE_START = re.compile(r"""(?:[=(:,]|\breturn)\s*(?=[\[{"'])""")
 _HEX_CHUNK = re.compile(r"\s*([0-9a-fA-F]+);")
 _JS_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]{1,6}\}|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|\r\n|.)", re.DOTALL)
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0",
-                   "\n": "", "\r\n": "", "\r": ""}
+_SIMPLE_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "0": "\0",
+    "\n": "",
+    "\r\n": "",
+    "\r": "",
+}
 _URL_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[/\\\"'])")
 
 
@@ -43,7 +53,7 @@ def json_values(text: str, depth: int = 0) -> Iterator[Any]:
         return
     body = text.lstrip()
     if body.startswith(XSSI_PREFIX):
-        yield from _framed_values(body[len(XSSI_PREFIX):], depth)
+        yield from _framed_values(body[len(XSSI_PREFIX) :], depth)
         return
     if body[:1] in ("[", "{"):
         try:
@@ -140,7 +150,7 @@ def _string_literal(text: str, start: int) -> tuple[str, int] | None:
         if backslashes % 2 == 0:
             break
         pos = end + 1
-    raw = text[start + 1:end]
+    raw = text[start + 1 : end]
     if "\n" in raw:  # an unescaped newline ends a JS string: this was not one
         return None
     return js_unescape(raw), end + 1

@@ -121,15 +121,17 @@ class DuckDuckGoEngine(SearchEngine):
             kind = f"HTTP {response.status}"
             raise BlockedError(f"{self.name} refused the search for {query!r}: {kind}", kind)
         if await page.locator(ANOMALY_SELECTOR).count() or await page_text_matches(page, ANOMALY_TEXT):
-            raise BlockedError(f"{self.name} refused the search for {query!r}: anomaly challenge",
-                               CAPTCHA)
+            raise BlockedError(f"{self.name} refused the search for {query!r}: anomaly challenge", CAPTCHA)
         if not await self._wait_for_first_batch(page):
             vqd = VQD.search(await page.content())
             if vqd is None:
-                raise EngineError(f"{self.name}: the result page has no vqd token; it may have "
-                                  "changed (use another engine, and report it)")
-            params = urlencode({"l": self.region, "o": "json", "q": query, "vqd": vqd[1],
-                                "f": ",,,,,", "p": "1"})
+                raise EngineError(
+                    f"{self.name}: the result page has no vqd token; it may have "
+                    "changed (use another engine, and report it)"
+                )
+            params = urlencode(
+                {"l": self.region, "o": "json", "q": query, "vqd": vqd[1], "f": ",,,,,", "p": "1"}
+            )
             await self._fetch(page, f"/i.js?{params}")
         await self.harvest(page)
 

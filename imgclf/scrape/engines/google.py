@@ -245,8 +245,7 @@ class GoogleEngine(SearchEngine):
         params = urlencode({"q": query, **self.search_params, "hl": self.language})
         try:
             # The results are in the HTML and its responses; thumbnails need not finish loading.
-            response = await page.goto(f"{self.base_url}/search?{params}",
-                                       wait_until="domcontentloaded")
+            response = await page.goto(f"{self.base_url}/search?{params}", wait_until="domcontentloaded")
             if _is_consent(page.url):
                 await self._give_consent(page)
         except PlaywrightError as exc:
@@ -378,4 +377,3 @@ def _site_domain(base_url: str) -> str:
 
 def _is_consent(url: str) -> bool:
     return (urlsplit(url).hostname or "").startswith("consent.")
-
