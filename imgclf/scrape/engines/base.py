@@ -80,6 +80,9 @@ def host_matches(host: str, domains: Iterable[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
+URL_PROBLEMS = ("data_uri", "not_http", "bad_url", "thumbnail_host")
+
+
 def url_problem(url: Any, ignore_domains: Iterable[str]) -> str | None:
     """Why ``url`` is not a full-size image candidate, or None when it is one.
 
@@ -124,6 +127,10 @@ class SearchStats:
     @property
     def read(self) -> int:
         return len(self.urls)
+
+    def named_images(self) -> bool:
+        """Did the data name any full-size image (wanted or not)?"""
+        return any(reason not in URL_PROBLEMS for reason in self.urls.values())
 
     @property
     def skipped(self) -> Counter:
@@ -212,7 +219,8 @@ class SearchEngine(ABC):
             if on_related is not None:
                 on_related(await self.related(page, query))
             hits = await self._gather(page, want, skip, on_found)
-            if not hits:
+            # The slow path is for data that names no image, not for results the caller has.
+            if not hits and not self.stats.named_images():
                 hits = [hit for hit in await self.fallback(page, want) if not self._skip(hit, skip)]
                 on_found(len(hits))
             return hits
