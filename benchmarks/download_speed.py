@@ -44,8 +44,9 @@ def photo_like(seed: int) -> bytes:
 
 
 def run_once(server: FixtureServer, names: list[str], concurrency: int) -> float:
-    settings = DownloadSettings(concurrency=concurrency, verify=str(server.cert), timeout_s=30,
-                                deadline_s=120)
+    settings = DownloadSettings(
+        concurrency=concurrency, verify=str(server.cert), timeout_s=30, deadline_s=120
+    )
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as root:
         store = DatasetStore(root, near_duplicate_distance=6)
 
@@ -80,8 +81,7 @@ def main() -> None:
         server = FixtureServer(Path(cert_dir)).start()
         try:
             names = [f"bench{n}.jpg" for n in range(args.images)]
-            server.routes.update({name: Route(photo_like(5000 + n)) for n, name in
-                                  enumerate(names)})
+            server.routes.update({name: Route(photo_like(5000 + n)) for n, name in enumerate(names)})
             mean_kib = np.mean([len(server.routes[name].body) for name in names]) / 1024
             server.image_latency_s = args.latency
             sequential = run_once(server, names, concurrency=1)
@@ -90,13 +90,14 @@ def main() -> None:
             server.stop()
 
     speedup = sequential / concurrent
-    print(f"{args.images} JPEGs of 640x480 (mean {mean_kib:.0f} KiB) over local HTTPS, "
-          f"{args.latency * 1000:.0f} ms latency injected per request; "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    print(
+        f"{args.images} JPEGs of 640x480 (mean {mean_kib:.0f} KiB) over local HTTPS, "
+        f"{args.latency * 1000:.0f} ms latency injected per request; "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}\n"
+    )
     print("| downloader | concurrency | time (s) | images/s |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| one at a time (the original's way) | 1 | {sequential:.2f} | "
-          f"{args.images / sequential:.1f} |")
+    print(f"| one at a time (the original's way) | 1 | {sequential:.2f} | {args.images / sequential:.1f} |")
     print(f"| imgclf | {args.concurrency} | {concurrent:.2f} | {args.images / concurrent:.1f} |")
     verdict = "goal met" if speedup >= GOAL else "below the goal"
     print(f"\nspeed-up: {speedup:.1f}x (goal: at least {GOAL:.0f}x, {verdict})")

@@ -1,6 +1,7 @@
 """Build data/image_dataset/{train,val,test}/{class}/ from a search-terms CSV.
 
 python scripts/scrape.py [searchterms=PATH|hockey] [data.root=DIR] [engine=bing]
+python scripts/scrape.py top_up.weakest=3 top_up.from=data/trained_model/eval_val/metrics.json
 """
 
 from __future__ import annotations
@@ -10,25 +11,65 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
 from imgclf.errors import ImgclfError
 
 
 @hydra.main(config_path="../conf", config_name="scrape")
 def main(cfg: DictConfig) -> None:
-    from imgclf.scrape.run import scrape
+    from imgclf.scrape.report import print_summary
+    from imgclf.scrape.run import Interrupted, scrape, top_up, weakest_classes
 
     # httpx logs every request at INFO, which would bury the progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    console = Console()
     try:
-        scrape(cfg)
+        if cfg.top_up["from"] is not None or cfg.top_up.weakest:
+            if cfg.top_up["from"] is None:
+                raise ImgclfError(
+                    "top_up.weakest needs top_up.from=PATH/metrics.json (written by "
+                    "python scripts/eval.py split=val)"
+                )
+            classes = weakest_classes(cfg.top_up["from"], cfg.top_up.weakest, cfg.top_up.metric)
+            console.print(
+                f"topping up the {len(classes)} classes with the lowest "
+                f"{cfg.top_up.metric}: {', '.join(classes)}"
+            )
+            summary = top_up(cfg, classes, cfg.top_up.extra_images, console)
+            print_summary(console, summary)
+            console.print(_classes_table(summary["classes"]))
+        else:
+            print_summary(console, scrape(cfg, console))
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     except ImgclfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        # Images and the manifest are written atomically, so stopping here loses nothing.
+        # Before any download starts (the CSV and the dataset are only read): nothing to undo.
         print("interrupted; run the same command again to continue", file=sys.stderr)
         sys.exit(130)
+
+
+def _classes_table(classes: dict) -> Table:
+    table = Table(title="Top-up")
+    table.add_column("class")
+    for column in ("had", "added", "have/wanted"):
+        table.add_column(column, justify="right")
+    table.add_column("searched")
+    for name, row in classes.items():
+        have = f"{row['have']}/{row['wanted']}"
+        table.add_row(
+            name,
+            str(row["had"]),
+            str(row["added"]),
+            f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
+            "; ".join(row["searches"]),
+        )
+    return table
 
 
 if __name__ == "__main__":

@@ -22,8 +22,14 @@ from imgclf.scrape.store import DatasetStore, Origin
 
 
 def settings_for(server, **changes) -> DownloadSettings:
-    values = {"timeout_s": 1.5, "connect_timeout_s": 3, "deadline_s": 5,
-              "max_bytes": 1_000_000, "concurrency": 8, "verify": str(server.cert)}
+    values = {
+        "timeout_s": 1.5,
+        "connect_timeout_s": 3,
+        "deadline_s": 5,
+        "max_bytes": 1_000_000,
+        "concurrency": 8,
+        "verify": str(server.cert),
+    }
     return DownloadSettings(**{**values, **changes})
 
 
@@ -55,8 +61,13 @@ def test_each_bad_answer_is_rejected_for_its_reason(web, name, reason):
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [("photo1.jpg", (96, 72)), ("alpha.png", (96, 72)), ("photo.webp", (96, 72)),
-     ("anim.gif", (96, 72)), ("redirect.jpg", (96, 72))],
+    [
+        ("photo1.jpg", (96, 72)),
+        ("alpha.png", (96, 72)),
+        ("photo.webp", (96, 72)),
+        ("anim.gif", (96, 72)),
+        ("redirect.jpg", (96, 72)),
+    ],
 )
 def test_good_images_become_rgb_jpegs(web, name, size):
     image, final_url = asyncio.run(_outcome(web, name, settings_for(web)))
@@ -101,13 +112,14 @@ def test_never_fetches_more_than_still_needed(web, tmp_path):
     assert counts == {"downloaded": 3}
     assert web.count("127.0.0.1", "/img/") == 3
     assert sorted(p.name for p in (tmp_path / "train" / "cats").iterdir()) == [
-        "cats_1.jpg", "cats_2.jpg", "cats_3.jpg"
+        "cats_1.jpg",
+        "cats_2.jpg",
+        "cats_3.jpg",
     ]
 
 
 def test_failures_are_replaced_by_later_candidates(web, tmp_path):
-    names = ["missing.jpg", "dup-a.jpg", "dup-b.jpg", "fake.jpg", "extra1.jpg", "extra2.jpg",
-             "extra3.jpg"]
+    names = ["missing.jpg", "dup-a.jpg", "dup-b.jpg", "fake.jpg", "extra1.jpg", "extra2.jpg", "extra3.jpg"]
     counts = _download(web, tmp_path, names, need=3, concurrency=2)
     assert counts == {"downloaded": 3, "http_error": 1, "duplicate_exact": 1, "not_image": 1}
     assert web.count("127.0.0.1", "/img/") == 6  # extra3 was not needed
@@ -118,7 +130,6 @@ def test_concurrency_is_bounded(web, tmp_path, concurrency):
     web.wait_idle()
     web.max_active_images = 0
     web.image_latency_s = 0.2
-    counts = _download(web, tmp_path, [f"extra{n}.jpg" for n in range(1, 7)], need=6,
-                       concurrency=concurrency)
+    counts = _download(web, tmp_path, [f"extra{n}.jpg" for n in range(1, 7)], need=6, concurrency=concurrency)
     assert counts == {"downloaded": 6}
     assert web.max_active_images == concurrency

@@ -30,13 +30,36 @@ HEADER = "search_term,number_imgs,folder_name,train_val\n"
 
 # The first result page of "hockey player": three good photos and every kind of bad answer.
 HOCKEY_FIRST = [
-    "photo1.jpg", "photo2.jpg", "photo3.jpg", "missing.jpg", "fake.jpg", "truncated.jpg",
-    "tiny.png", "slow.jpg", "redirect.jpg", "dup-a.jpg", "dup-b.jpg", "alpha.png", "photo.webp",
-    "anim.gif", "bomb.png", "huge.jpg", "huge-stream.jpg",
+    "photo1.jpg",
+    "photo2.jpg",
+    "photo3.jpg",
+    "missing.jpg",
+    "fake.jpg",
+    "truncated.jpg",
+    "tiny.png",
+    "slow.jpg",
+    "redirect.jpg",
+    "dup-a.jpg",
+    "dup-b.jpg",
+    "alpha.png",
+    "photo.webp",
+    "anim.gif",
+    "bomb.png",
+    "huge.jpg",
+    "huge-stream.jpg",
 ]
 HOCKEY_SAVED = {
-    "photo1.jpg", "photo2.jpg", "photo3.jpg", "photo4.jpg", "photo5.jpg", "photo6.jpg",
-    "photo7.jpg", "redirect.jpg", "alpha.png", "photo.webp", "anim.gif",
+    "photo1.jpg",
+    "photo2.jpg",
+    "photo3.jpg",
+    "photo4.jpg",
+    "photo5.jpg",
+    "photo6.jpg",
+    "photo7.jpg",
+    "redirect.jpg",
+    "alpha.png",
+    "photo.webp",
+    "anim.gif",
 }  # ... plus one of dup-a.jpg / dup-b.jpg
 
 
@@ -81,8 +104,7 @@ def check_rows_match_files(server, root: Path, rows: list[dict]) -> None:
         assert sha256_file(path) == row["sha256"]
         assert path.stat().st_size == row["bytes"]
         with Image.open(path) as saved:
-            assert (saved.format, saved.mode, saved.size) == ("JPEG", "RGB",
-                                                               (row["width"], row["height"]))
+            assert (saved.format, saved.mode, saved.size) == ("JPEG", "RGB", (row["width"], row["height"]))
         picture = load_image(path)
         assert hamming(perceptual_hash(picture), hex_to_hash(row["phash"])) <= 4
         original = source_picture(server, url_name(row["source_url"]))
@@ -97,11 +119,20 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
         more=[img("photo7.jpg")],
     )
     # Val: the same URL as a train image, a resized copy, a byte-identical copy, three new.
-    web.google["soccer player"] = GoogleQuery(first=[img(n) for n in (
-        "photo2.jpg", "photo1-resized.jpg", "photo3-copy.jpg", "soccer1.jpg", "soccer2.jpg",
-        "soccer3.jpg")])
-    csv = write_csv(tmp_path, "hockey player,30,hockey_player,train\n"
-                              "soccer player,10,soccer_player,val\n")
+    web.google["soccer player"] = GoogleQuery(
+        first=[
+            img(n)
+            for n in (
+                "photo2.jpg",
+                "photo1-resized.jpg",
+                "photo3-copy.jpg",
+                "soccer1.jpg",
+                "soccer2.jpg",
+                "soccer3.jpg",
+            )
+        ]
+    )
+    csv = write_csv(tmp_path, "hockey player,30,hockey_player,train\nsoccer player,10,soccer_player,val\n")
     root = tmp_path / "data" / "image_dataset"
     (tmp_path / "data" / "other.txt").parent.mkdir(parents=True)
     (tmp_path / "data" / "other.txt").write_text("beside the dataset")
@@ -122,26 +153,44 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
     assert hockey - {"dup-a.jpg", "dup-b.jpg"} == HOCKEY_SAVED
     assert len(hockey & {"dup-a.jpg", "dup-b.jpg"}) == 1
     assert {url_name(r["source_url"]) for r in rows if r["split"] == "val"} == {
-        "soccer1.jpg", "soccer2.jpg", "soccer3.jpg"}
-    assert all(r["engine"] == "google" and r["page_url"].startswith("https://example.org/page/")
-               for r in rows)
+        "soccer1.jpg",
+        "soccer2.jpg",
+        "soccer3.jpg",
+    }
+    assert all(
+        r["engine"] == "google" and r["page_url"].startswith("https://example.org/page/") for r in rows
+    )
     redirected = next(r for r in rows if r["source_url"].endswith("/redirect.jpg"))
     assert redirected["final_url"] == img("target.jpg")
     assert sorted(r["path"] for r in rows) == [f for f in files_under(root) if f.endswith(".jpg")]
     check_rows_match_files(web, root, rows)
 
     hockey_report, soccer_report = summary["terms"]
-    assert hockey_report["engines"] == {"google": "ok", "bing": "ok"}  # short, so bing was asked
-    assert (hockey_report["found"], hockey_report["downloaded"], hockey_report["have"]) == (21, 12,
-                                                                                            12)
+    # Short, so the fallbacks were asked too.
+    assert hockey_report["engines"] == {"google": "ok", "bing": "ok", "duckduckgo": "ok"}
+    assert (hockey_report["found"], hockey_report["downloaded"], hockey_report["have"]) == (21, 12, 12)
     assert hockey_report["rejected"] == {
-        "http_error": 1, "timeout": 1, "too_large": 2, "not_image": 1, "damaged": 1, "bomb": 1,
-        "too_small": 1, "duplicate_exact": 1, "duplicate_near": 0}
-    assert (soccer_report["found"], soccer_report["known"], soccer_report["downloaded"]) == (5, 1,
-                                                                                             3)
+        "http_error": 1,
+        "timeout": 1,
+        "too_large": 2,
+        "not_image": 1,
+        "damaged": 1,
+        "bomb": 1,
+        "too_small": 1,
+        "duplicate_exact": 1,
+        "duplicate_near": 0,
+    }
+    assert (soccer_report["found"], soccer_report["known"], soccer_report["downloaded"]) == (5, 1, 3)
     assert soccer_report["rejected"]["duplicate_near"] == 1  # photo1, resized, is in train
     assert soccer_report["rejected"]["duplicate_exact"] == 1  # photo3, copied, is in train
     assert summary["totals"]["duplicates"] == 3 and summary["totals"]["short"] == 2
+    # Per engine: every URL its data named (full-size and thumbnails, the doodle on google.com),
+    # what it handed on, and why it skipped the rest.
+    google = summary["engines"]["google"]
+    assert (google["searches"], google["used"]) == (2, 26)
+    assert google["skipped"] == {"thumbnail_host": (21 + 1) + (6 + 1), "in_dataset": 1}  # + doodles
+    assert google["read"] == 21 + 6 + google["skipped"]["thumbnail_host"]
+    assert google["blocks"] == {} and summary["engines"]["bing"]["read"] == 0
 
     # Chromium asked for www.google.com (mapped to the fixture), gave consent once (the cookie
     # held for the second search), scrolled for the second batch and pressed "more results".
@@ -152,7 +201,12 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
     assert web.count("www.google.com", batches, batch="2", q="hockey player") == 1
     assert web.count("www.google.com", batches, batch="3", q="hockey player") == 1
     assert {host for _, host, _ in web.requests} <= {
-        "www.google.com", "consent.google.com", "www.bing.com", "127.0.0.1"}
+        "www.google.com",
+        "consent.google.com",
+        "www.bing.com",
+        "duckduckgo.com",
+        "127.0.0.1",
+    }
 
     assert snapshot(tmp_path, skip=root) == before  # nothing outside the dataset changed
     assert list(cwd.iterdir()) == []
@@ -178,8 +232,16 @@ def test_rerun_tops_up_never_deletes_and_overwrite_starts_over(web, chromium_pat
     summary = run(7)
     report = summary["terms"][0]
     assert (report["had"], report["downloaded"], report["known"]) == (4, 3, 4)
-    assert files_under(folder) == ["cats_1.jpg", "cats_3.jpg", "cats_4.jpg", "cats_5.jpg",
-                                   "cats_6.jpg", "cats_7.jpg", "mine.png", "notes.txt"]
+    assert files_under(folder) == [
+        "cats_1.jpg",
+        "cats_3.jpg",
+        "cats_4.jpg",
+        "cats_5.jpg",
+        "cats_6.jpg",
+        "cats_7.jpg",
+        "mine.png",
+        "notes.txt",
+    ]
     for name in ("cats_1.jpg", "cats_3.jpg", "cats_4.jpg", "mine.png", "notes.txt"):
         assert snapshot(folder, skip=tmp_path / "none")[name] == kept[name]
     new_sources = {url_name(r["source_url"]) for r in manifest(root)[4:]}
@@ -205,8 +267,10 @@ def test_captcha_is_reported_and_backed_off_from(web, chromium_path, tmp_path, c
     summary = scrape(scrape_config(web, chromium_path, csv, root))
 
     cat, dog = summary["terms"]
-    assert cat["engines"] == {"google": "blocked", "bing": "ok"}
+    assert cat["engines"] == {"google": "blocked (CAPTCHA)", "bing": "ok"}
     assert dog["engines"] == {"google": "resting", "bing": "ok"}
+    assert summary["engines"]["google"]["blocks"] == {"CAPTCHA": 1}
+    assert summary["engines"]["google"]["resting"] == 1
     assert (cat["downloaded"], dog["downloaded"]) == (5, 2)
     # One request met the CAPTCHA; nothing was retried, and Google was left alone afterwards.
     assert web.count("www.google.com", "/search", q="blocked cat") == 2  # before/after consent
@@ -224,9 +288,8 @@ def test_captcha_is_reported_and_backed_off_from(web, chromium_path, tmp_path, c
 def test_unusual_traffic_page_with_status_200_is_a_block(web, chromium_path, tmp_path, caplog):
     web.soft_blocked.add("cats")
     csv = write_csv(tmp_path, "cats,3,cats,train\n")
-    summary = scrape(scrape_config(web, chromium_path, csv, tmp_path / "ds",
-                                   "fallback_engines=[]"))
-    assert summary["terms"][0]["engines"] == {"google": "blocked"}
+    summary = scrape(scrape_config(web, chromium_path, csv, tmp_path / "ds", "fallback_engines=[]"))
+    assert summary["terms"][0]["engines"] == {"google": "blocked (unusual traffic page)"}
     assert summary["totals"]["short"] == 1
     assert web.count("www.google.com", "/search", q="cats") == 2  # before/after consent
     assert "'unusual traffic' page" in caplog.text
@@ -245,37 +308,54 @@ def test_tile_clicking_when_the_data_has_no_full_size_urls(web, chromium_path, t
 
     assert summary["terms"][0]["downloaded"] == 3
     rows = manifest(root)
-    assert {url_name(r["source_url"]) for r in rows} == {"extra11.jpg", "extra12.jpg",
-                                                         "extra13.jpg"}
+    assert {url_name(r["source_url"]) for r in rows} == {"extra11.jpg", "extra12.jpg", "extra13.jpg"}
     assert {r["page_url"] for r in rows} == {f"https://example.org/page/{i}" for i in range(3)}
     assert files_under(root / "test") == [f"tiles/tiles_{n}.jpg" for n in range(1, 4)]
 
 
 def _script(server, chromium: str, csv: Path, root: Path, tmp_path: Path, *extra: str):
-    return [sys.executable, str(REPO_ROOT / "scripts" / "scrape.py"),
-            *cli_overrides(server, chromium, csv, root),
-            f"hydra.run.dir='{tmp_path / 'hydra'}'", *extra]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "scrape.py"),
+        *cli_overrides(server, chromium, csv, root),
+        f"hydra.run.dir='{tmp_path / 'hydra'}'",
+        *extra,
+    ]
 
 
 def test_script_reports_bad_input_without_traceback(web, chromium_path, tmp_path):
     csv = write_csv(tmp_path, "cats,5,cats,train\ndogs,5,../dogs,val\n")
-    result = subprocess.run(_script(web, chromium_path, csv, tmp_path / "ds", tmp_path),
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        _script(web, chromium_path, csv, tmp_path / "ds", tmp_path),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert "searchterms.csv line 3: folder_name '../dogs'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "ds").exists()
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("download.near_duplicate_distance=-1", "download.near_duplicate_distance=-1: use 0"),
-    ("download.concurrency=0", "download.concurrency must be positive"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("download.near_duplicate_distance=-1", "download.near_duplicate_distance=-1: use 0"),
+        ("download.concurrency=0", "download.concurrency must be positive"),
+    ],
+)
 def test_bad_download_settings_fail_before_any_browser(web, chromium_path, tmp_path, setting, message):
     csv = write_csv(tmp_path, "cats,5,cats,train\n")
-    result = subprocess.run(_script(web, chromium_path, csv, tmp_path / "ds", tmp_path, setting),
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    result = subprocess.run(
+        _script(web, chromium_path, csv, tmp_path / "ds", tmp_path, setting),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -292,7 +372,9 @@ def test_killed_run_leaves_whole_files_and_resumes(web, chromium_path, tmp_path)
     with open(tmp_path / "scrape.log", "wb") as log:
         process = subprocess.Popen(
             _script(web, chromium_path, csv, root, tmp_path, "download.concurrency=2"),
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
         try:
             deadline = time.monotonic() + 90
@@ -317,8 +399,9 @@ def test_killed_run_leaves_whole_files_and_resumes(web, chromium_path, tmp_path)
 
     assert summary["terms"][0]["have"] == 8
     assert [p.name for p in sorted(folder.iterdir(), key=lambda p: p.name)] == sorted(
-        f"cats_{n}.jpg" for n in range(1, 9))  # no temporary files left either
+        f"cats_{n}.jpg" for n in range(1, 9)
+    )  # no temporary files left either
     rows = manifest(root)
     assert len({r["source_url"] for r in rows}) == len(rows)
     hashes = [perceptual_hash(load_image(p)) for p in folder.iterdir()]
-    assert all(hamming(a, b) > 6 for i, a in enumerate(hashes) for b in hashes[i + 1:])
+    assert all(hamming(a, b) > 6 for i, a in enumerate(hashes) for b in hashes[i + 1 :])

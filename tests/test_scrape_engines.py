@@ -24,13 +24,16 @@ def test_result_page_data_gives_full_size_urls_with_their_pages():
 def test_batch_response_with_json_nested_in_strings():
     body = pages.google_batch(["https://c.example/3.webp"], start=200)
     assert body.startswith(")]}'")
-    assert extract_hits(body, IGNORE) == [ImageHit("https://c.example/3.webp",
-                                                   "https://example.org/page/200")]
+    assert extract_hits(body, IGNORE) == [
+        ImageHit("https://c.example/3.webp", "https://example.org/page/200")
+    ]
 
 
 def test_escaped_urls_and_unknown_wrappers_are_still_found():
-    text = ('<script>var m={"k":["https://d.example/a?x\\u003d1\\u0026y\\u003d2",800,600],'
-            '"t":["https://encrypted-tbn0.gstatic.com/images?q=tbn:1",100,75]};</script>')
+    text = (
+        '<script>var m={"k":["https://d.example/a?x\\u003d1\\u0026y\\u003d2",800,600],'
+        '"t":["https://encrypted-tbn0.gstatic.com/images?q=tbn:1",100,75]};</script>'
+    )
     assert extract_hits(text, IGNORE) == [ImageHit("https://d.example/a?x=1&y=2")]
 
 
@@ -66,9 +69,15 @@ def test_host_matching_is_by_domain_not_substring():
 
 
 def test_engines_are_configured_from_their_section():
-    google = make_engine("google", SearchSettings(), {
-        "base_url": "https://www.google.de/", "search_params": {"udm": "2"},
-        "ignore_domains": ["gstatic.com"]})
+    google = make_engine(
+        "google",
+        SearchSettings(),
+        {
+            "base_url": "https://www.google.de/",
+            "search_params": {"udm": "2"},
+            "ignore_domains": ["gstatic.com"],
+        },
+    )
     assert google.base_url == "https://www.google.de"
     assert google.ignore == ("gstatic.com", "google.de")
     assert google.search_params == {"udm": "2"}

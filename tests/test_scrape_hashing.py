@@ -48,17 +48,14 @@ def test_near_duplicate_index_finds_exactly_what_brute_force_finds(radius):
     stored = [rng.getrandbits(64) for _ in range(1000)]
     # Plant neighbours from 0 to radius + 1 bits away, so that answers sit on both sides of the edge.
     stored += [
-        h ^ sum(1 << bit for bit in rng.sample(range(64), rng.randrange(radius + 2)))
-        for h in stored[:300]
+        h ^ sum(1 << bit for bit in rng.sample(range(64), rng.randrange(radius + 2))) for h in stored[:300]
     ]
     index: NearDuplicateIndex[int] = NearDuplicateIndex(radius)
     for key, value in enumerate(stored):
         index.add(key, value)
     assert len(index) == len(stored)
     for query in stored[:40] + stored[-40:] + [rng.getrandbits(64) for _ in range(20)]:
-        expected = sorted(
-            (hamming(query, v), k) for k, v in enumerate(stored) if hamming(query, v) <= radius
-        )
+        expected = sorted((hamming(query, v), k) for k, v in enumerate(stored) if hamming(query, v) <= radius)
         found = index.find(query)
         assert found == [(k, d) for d, k in expected]  # nearest first, then in the order added
         assert index.nearest(query) == (found[0] if found else None)
@@ -139,7 +136,5 @@ def test_clear_removes_only_that_folders_images_and_rows(tmp_path):
     assert store.clear("train", "cats") == 1
     assert sorted(p.name for p in (tmp_path / "train" / "cats").iterdir()) == ["notes.txt"]
     assert (tmp_path / "train" / "dogs" / "dogs_1.jpg").exists()
-    assert [row["path"] for row in read_manifest(tmp_path / "manifest.jsonl")] == [
-        "train/dogs/dogs_1.jpg"
-    ]
+    assert [row["path"] for row in read_manifest(tmp_path / "manifest.jsonl")] == ["train/dogs/dogs_1.jpg"]
     assert not store.knows_url("u1") and store.knows_url("u2")

@@ -28,8 +28,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_reads_rows_with_their_line_numbers(tmp_path):
-    path = write(tmp_path, "\ufeff" + HEADER + "hockey player, 100 ,hockey_player,train\n\n"
-                 '"players, soccer",30,soccer_player,VAL\nice rink,0,rink,test\n')
+    path = write(
+        tmp_path,
+        "\ufeff" + HEADER + "hockey player, 100 ,hockey_player,train\n\n"
+        '"players, soccer",30,soccer_player,VAL\nice rink,0,rink,test\n',
+    )
     assert read_searchterms(path) == [
         SearchTerm(2, "hockey player", 100, "hockey_player", "train"),
         SearchTerm(4, "players, soccer", 30, "soccer_player", "val"),
@@ -69,8 +72,25 @@ def test_bad_file_names_the_line(tmp_path, text, message):
 
 @pytest.mark.parametrize(
     "folder",
-    ["../escape", "a/b", "a\\b", "..", ".", ".hidden", "/etc", "c:evil", "with space", "x..y",
-     "trailing.", "tab\tname", "nul\x00name", "-", "a" * 101, "~root", "$HOME"],
+    [
+        "../escape",
+        "a/b",
+        "a\\b",
+        "..",
+        ".",
+        ".hidden",
+        "/etc",
+        "c:evil",
+        "with space",
+        "x..y",
+        "trailing.",
+        "tab\tname",
+        "nul\x00name",
+        "-",
+        "a" * 101,
+        "~root",
+        "$HOME",
+    ],
 )
 def test_folder_names_that_could_leave_the_dataset_are_refused(tmp_path, folder):
     path = write(tmp_path, HEADER + f'cat,5,cats,train\ndog,5,"{folder}",val\n')
@@ -84,10 +104,34 @@ def test_plain_folder_names_are_accepted(tmp_path, folder):
     assert read_searchterms(path)[0].folder_name == folder
 
 
-def test_not_utf8_says_so(tmp_path):
+ORIGINAL_HEADER = "search_term,number_imgs,category,set\n"
+
+
+@pytest.mark.parametrize("header", [HEADER, ORIGINAL_HEADER])
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_both_headers_in_utf8_and_latin1(tmp_path, caplog, header, encoding):
+    """The documented header and the one the original's code read; the original's files were
+    latin-1."""
     path = tmp_path / "searchterms.csv"
-    path.write_bytes(HEADER.encode() + "caf\xe9,5,cafe,train\n".encode("latin-1"))
-    with pytest.raises(SearchTermsError, match="not UTF-8"):
+    path.write_bytes((header + "pétanque,80,target_sports,train\n").encode(encoding))
+    assert read_searchterms(path) == [SearchTerm(2, "pétanque", 80, "target_sports", "train")]
+    assert ("read it as latin-1" in caplog.text) == (encoding == "latin-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (ORIGINAL_HEADER + "cat,5,../cats,train\n", "line 2: folder_name '../cats' is not a plain"),
+        (ORIGINAL_HEADER + "cat,x,cats,train\n", "line 2: number_imgs 'x' is not a whole number"),
+        ("search_term,number_imgs,category,set,url\n", "line 1: unknown column 'url'"),
+        ("search_term,number_imgs,category,folder_name,set\n", "line 1: a column is named twice"),
+        ("search_term,number_imgs,category\nx,1,y\n", "line 1: missing column 'train_val'"),
+    ],
+)
+def test_original_header_is_checked_as_strictly(tmp_path, text, message):
+    path = tmp_path / "searchterms.csv"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(SearchTermsError, match=message.replace("(", r"\(")):
         read_searchterms(path)
 
 
@@ -95,8 +139,10 @@ def test_bundled_example_by_name_and_missing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     hockey = read_searchterms(resolve_searchterms("hockey"))
     assert {(t.folder_name, t.split, t.number_imgs) for t in hockey} == {
-        ("hockey_player", "train", 100), ("soccer_player", "train", 100),
-        ("hockey_player", "val", 30), ("soccer_player", "val", 30),
+        ("hockey_player", "train", 100),
+        ("soccer_player", "train", 100),
+        ("hockey_player", "val", 30),
+        ("soccer_player", "val", 30),
     }
     with pytest.raises(SearchTermsError, match="not found.*searchterms=hockey"):
         resolve_searchterms("data/searchterms.csv")
@@ -115,10 +161,14 @@ def test_bad_csv_fails_before_the_browser_or_the_dataset(tmp_path):
     csv = write(tmp_path, HEADER + "cat,5,cats,train\ndog,5,../../etc,val\n")
     root = tmp_path / "dataset"
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
-        cfg = compose("scrape", overrides=[
-            f"searchterms={csv}", f"data.root={root}",
-            f"browser.executable_path={tmp_path / 'no-chromium'}",
-        ])
+        cfg = compose(
+            "scrape",
+            overrides=[
+                f"searchterms={csv}",
+                f"data.root={root}",
+                f"browser.executable_path={tmp_path / 'no-chromium'}",
+            ],
+        )
     with pytest.raises(SearchTermsError, match="searchterms.csv line 3: folder_name"):
         scrape(cfg)
     assert not root.exists()
@@ -129,8 +179,7 @@ def test_missing_chromium_from_the_environment_is_reported_before_any_work(tmp_p
     monkeypatch.setenv("IMGCLF_CHROMIUM", str(tmp_path / "no-chromium"))
     csv = write(tmp_path, HEADER + "cat,5,cats,train\n")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
-        cfg = compose("scrape", overrides=[f"searchterms={csv}",
-                                           f"data.root={tmp_path / 'dataset'}"])
+        cfg = compose("scrape", overrides=[f"searchterms={csv}", f"data.root={tmp_path / 'dataset'}"])
     assert cfg.browser.executable_path == str(tmp_path / "no-chromium")
     with pytest.raises(ImgclfError, match="Chromium not found .*playwright install chromium"):
         scrape(cfg)
@@ -143,8 +192,7 @@ def test_missing_playwright_chromium_says_how_to_install_it(tmp_path, monkeypatc
     monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(tmp_path / "no-browsers"))
     csv = write(tmp_path, HEADER + "cat,5,cats,train\n")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
-        cfg = compose("scrape", overrides=[f"searchterms={csv}",
-                                           f"data.root={tmp_path / 'dataset'}"])
+        cfg = compose("scrape", overrides=[f"searchterms={csv}", f"data.root={tmp_path / 'dataset'}"])
     with pytest.raises(ImgclfError, match="Chromium would not start .*IMGCLF_CHROMIUM"):
         scrape(cfg)
 

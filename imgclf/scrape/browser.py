@@ -8,6 +8,7 @@ The executable is Playwright's own (``playwright install chromium``) unless
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +26,9 @@ _INSTALL_HINT = (
     "`--with-deps` for its system libraries), or point browser.executable_path (or the "
     "IMGCLF_CHROMIUM environment variable) at a Chromium binary such as /usr/bin/chromium"
 )
+
+
+_CLOSE_TIMEOUT_S = 15
 
 
 class BrowserError(ImgclfError):
@@ -80,4 +84,7 @@ async def open_browser(cfg: Mapping[str, Any]) -> AsyncIterator[BrowserContext]:
             )
             yield context
         finally:
-            await browser.close()
+            # Also on cancellation (SIGINT/SIGTERM): close Chromium ourselves; should that hang,
+            # leaving async_playwright stops the driver, which kills the browser it launched.
+            with contextlib.suppress(PlaywrightError, asyncio.TimeoutError):
+                await asyncio.wait_for(browser.close(), _CLOSE_TIMEOUT_S)

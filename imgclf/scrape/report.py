@@ -1,4 +1,5 @@
-"""What happened to each search term, as a table for people and a dict for programs."""
+"""What happened to each search term and each engine, as a dict for programs and tables for
+people (the tables are printed by the entry point, from the dict)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,44 @@ class TermReport:
         }
 
 
-def summarize(reports: list[TermReport], root: str, manifest: str) -> dict[str, Any]:
+# Why an engine's result URL was not handed to the downloader.
+SKIP_HELP = {
+    "thumbnail_host": "a thumbnail, or on the engine's own host",
+    "data_uri": "an inline data: thumbnail",
+    "not_http": "not an http(s) URL",
+    "bad_url": "a URL without a host",
+    "in_dataset": "already in the dataset (manifest)",
+    "tried": "already tried in this run",
+}
+
+
+@dataclass
+class EngineReport:
+    """One engine over a whole run."""
+
+    searches: int = 0
+    read: int = 0  # distinct result URLs read from its data
+    used: int = 0  # handed to the downloader
+    skipped: Counter = field(default_factory=Counter)  # reason -> URLs
+    blocks: Counter = field(default_factory=Counter)  # kind (CAPTCHA, HTTP 429, ...) -> times
+    errors: int = 0
+    resting: int = 0  # searches not asked because it was resting after a block
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "searches": self.searches,
+            "read": self.read,
+            "used": self.used,
+            "skipped": dict(self.skipped),
+            "blocks": dict(self.blocks),
+            "errors": self.errors,
+            "resting": self.resting,
+        }
+
+
+def summarize(
+    reports: list[TermReport], root: str, manifest: str, engines: dict[str, EngineReport]
+) -> dict[str, Any]:
     rejected = Counter()
     for report in reports:
         rejected.update(report.rejected)
@@ -59,6 +97,7 @@ def summarize(reports: list[TermReport], root: str, manifest: str) -> dict[str, 
         "root": root,
         "manifest": manifest,
         "terms": [report.as_dict() for report in reports],
+        "engines": {name: report.as_dict() for name, report in engines.items()},
         "totals": {
             "found": sum(r.found for r in reports),
             "known": sum(r.known for r in reports),
@@ -84,36 +123,66 @@ REASON_HELP = {
 }
 
 
-def print_summary(console: Console, reports: list[TermReport]) -> None:
-    """One row per search term, then the rejections of the whole run by reason."""
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """One row per search term, one per engine, then the rejections of the run by reason."""
     table = Table(title="Scraping summary")
     table.add_column("search term")
     table.add_column("folder")
     for column in ("found", "saved", "have/wanted", "rejected", "duplicates"):
         table.add_column(column, justify="right")
     table.add_column("engines")
-    for r in reports:
-        have = f"{r.have}/{r.term.number_imgs}"
+    for term in summary["terms"]:
+        have = f"{term['have']}/{term['wanted']}"
         table.add_row(
-            r.term.search_term,
-            f"{r.term.split}/{r.term.folder_name}",
-            str(r.found),
-            str(r.downloaded),
-            f"[red]{have}[/]" if r.have < r.term.number_imgs else have,
-            str(sum(r.rejected.values()) - r.duplicates),
-            str(r.duplicates),
-            ", ".join(f"{name} {state}" for name, state in r.engines.items()) or "not needed",
+            term["search_term"],
+            f"{term['split']}/{term['folder_name']}",
+            str(term["found"]),
+            str(term["downloaded"]),
+            f"[red]{have}[/]" if term["have"] < term["wanted"] else have,
+            str(sum(term["rejected"].values()) - term["duplicates"]),
+            str(term["duplicates"]),
+            ", ".join(f"{name} {state}" for name, state in term["engines"].items()) or "not needed",
         )
     console.print(table)
-    totals: Counter = Counter()
-    for report in reports:
-        totals.update(report.rejected)
+    if summary.get("engines"):
+        console.print(engine_table(summary["engines"]))
+    totals = summary["totals"]["rejected"]
     if sum(totals.values()):
         reasons = Table(title="Rejected, by reason")
         reasons.add_column("reason")
         reasons.add_column("images", justify="right")
         reasons.add_column("meaning")
         for reason in REASONS:
-            if totals[reason]:
+            if totals.get(reason):
                 reasons.add_row(reason, str(totals[reason]), REASON_HELP[reason])
         console.print(reasons)
+
+
+def engine_table(engines: dict[str, dict[str, Any]]) -> Table:
+    """Per engine: searches, result URLs read, used, skipped (and why), blocks by kind."""
+    table = Table(title="Search engines")
+    table.add_column("engine")
+    for column in ("searches", "URLs read", "used", "skipped"):
+        table.add_column(column, justify="right")
+    table.add_column("skipped because")
+    table.add_column("blocked")
+    for name, engine in engines.items():
+        why = ", ".join(
+            f"{count} {SKIP_HELP.get(reason, reason)}"
+            for reason, count in sorted(engine["skipped"].items(), key=lambda kv: -kv[1])
+        )
+        blocks = [f"{kind} ×{count}" for kind, count in engine["blocks"].items()]
+        if engine["resting"]:
+            blocks.append(f"resting for {engine['resting']} searches")
+        if engine["errors"]:
+            blocks.append(f"{engine['errors']} errors")
+        table.add_row(
+            name,
+            str(engine["searches"]),
+            str(engine["read"]),
+            str(engine["used"]),
+            str(sum(engine["skipped"].values())),
+            why or "-",
+            ", ".join(blocks) or "-",
+        )
+    return table

@@ -5,21 +5,32 @@ holds, then for each row that still needs images search the engines in turn (the
 then the fallbacks) and download until the folder holds ``number_imgs``. Chromium starts only if
 some row needs images, so a finished dataset is checked in a second.
 
-An engine that blocks (CAPTCHA, "unusual traffic", 429) is rested for ``search.block_backoff_s``
-seconds, doubling each time it blocks again; rows in between go to the fallback engines. Nothing
-retries in a loop: a row left short is reported, and running again later tops it up.
+An engine that blocks (CAPTCHA, JavaScript challenge, "unusual traffic", 429) is rested for
+``search.block_backoff_s`` seconds, doubling each time it blocks again; rows in between go to the
+fallback engines. Nothing retries in a loop: a row left short is reported, and running again later
+tops it up.
+
+``top_up(cfg, classes, extra)`` adds ``extra`` new train images to each named class, searching
+the class's phrasings in the CSV and the related searches the engines suggest for them.
+
+SIGINT and SIGTERM stop a run cleanly: the work in flight is cancelled, Chromium and its driver are
+closed, no partial file is left (every write is atomic), and :class:`Interrupted` is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from omegaconf import DictConfig, OmegaConf
@@ -40,11 +51,24 @@ from imgclf.scrape.engines import (
     make_engine,
 )
 from imgclf.scrape.engines.base import first_line
-from imgclf.scrape.report import TermReport, print_summary, summarize
+from imgclf.scrape.report import EngineReport, TermReport, summarize
 from imgclf.scrape.searchterms import SearchTerm, read_searchterms, resolve_searchterms
 from imgclf.scrape.store import DatasetStore, Origin, PreparedImage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Interrupted(ImgclfError):
+    """The run was stopped by SIGINT or SIGTERM, after closing the browser and the downloads."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}; nothing half-written was "
+            "left, run the same command again to continue"
+        )
 
 
 class EngineHealth:
@@ -76,6 +100,7 @@ _KEYS = (
     "browser",
     "download",
 )
+_OPTIONAL_KEYS = ("top_up",)
 
 
 def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -83,11 +108,12 @@ def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     missing = [key for key in _KEYS if key not in cfg]
     if missing:
         raise ImgclfError(f"the config lacks {', '.join(missing)}; compose it from conf/scrape.yaml")
+    keys = [*_KEYS, *(key for key in _OPTIONAL_KEYS if key in cfg)]
     if not isinstance(cfg, DictConfig):
-        return {key: cfg[key] for key in _KEYS}
+        return {key: cfg[key] for key in keys}
     return {
         key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-        for key in _KEYS
+        for key in keys
     }
 
 
@@ -106,10 +132,8 @@ def _check_download(settings: DownloadSettings) -> None:
             )
 
 
-def scrape(cfg: DictConfig | Mapping[str, Any], console: Console | None = None) -> dict[str, Any]:
-    """Build or top up the dataset described by ``cfg`` (conf/scrape.yaml); return the summary."""
-    cfg = _plain(cfg)
-    console = console or Console()
+def _prepare(cfg: dict[str, Any]) -> tuple[list[SearchTerm], list[SearchEngine], DownloadSettings, int]:
+    """Check the CSV and the settings before anything touches the network or the disk."""
     terms = read_searchterms(resolve_searchterms(cfg["searchterms"]))
     engines = _engines(cfg)
     check_executable(cfg["browser"].get("executable_path"))
@@ -121,6 +145,17 @@ def scrape(cfg: DictConfig | Mapping[str, Any], console: Console | None = None) 
             f"download.near_duplicate_distance={distance}: use 0 (exact copies only) to 32 bits "
             "of the 64-bit perceptual hash; the default 6 catches resized and re-encoded copies"
         )
+    return terms, engines, settings, distance
+
+
+def scrape(cfg: DictConfig | Mapping[str, Any], console: Console | None = None) -> dict[str, Any]:
+    """Build or top up the dataset described by ``cfg`` (conf/scrape.yaml); return the summary.
+
+    ``console``: where to show progress bars (none without one). Raises :class:`Interrupted` when
+    SIGINT or SIGTERM stops the run.
+    """
+    cfg = _plain(cfg)
+    terms, engines, settings, distance = _prepare(cfg)
     store = DatasetStore(cfg["data"]["root"], distance)
     for split, folder in dict.fromkeys((t.split, t.folder_name) for t in terms):
         if cfg.get("overwrite"):
@@ -128,9 +163,113 @@ def scrape(cfg: DictConfig | Mapping[str, Any], console: Console | None = None) 
             log.warning("overwrite=true: removed %d images from %s/%s", removed, split, folder)
         store.remove_stale_temp_files(split, folder)
     job = _Job(cfg, console, store, engines, settings)
-    reports = asyncio.run(job.run(terms))
-    print_summary(console, reports)
-    return summarize(reports, str(store.root), str(store.manifest_path))
+    reports = run_interruptible(lambda: job.run(terms))
+    return summarize(reports, str(store.root), str(store.manifest_path), job.engine_reports)
+
+
+def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall") -> list[str]:
+    """The ``count`` classes with the lowest ``metric`` (recall or f1) in an evaluation's
+    metrics.json (``{"per_class": {class: {"precision", "recall", "f1", "support"}}}``)."""
+    path = Path(metrics_path)
+    if metric not in ("recall", "f1"):
+        raise ImgclfError(f"top_up.metric={metric}: use recall or f1")
+    if count <= 0:
+        raise ImgclfError(
+            f"top_up.weakest={count}: give how many of the weakest classes to top up, e.g. top_up.weakest=3"
+        )
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImgclfError(
+            f"{path} not found; evaluate the model first (python scripts/eval.py "
+            "split=val) or point top_up.from at its metrics.json"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImgclfError(
+            f"{path} is not an evaluation's metrics.json ({exc}); point "
+            "top_up.from at the file scripts/eval.py wrote"
+        ) from None
+    per_class = metrics.get("per_class") if isinstance(metrics, dict) else None
+    scores = {}
+    for name, values in (per_class or {}).items():
+        score = values.get(metric) if isinstance(values, dict) else None
+        if isinstance(score, (int, float)) and not isinstance(score, bool):
+            scores[name] = float(score)
+    if not scores:
+        raise ImgclfError(
+            f"{path} has no per_class {metric}; point top_up.from at the "
+            "metrics.json that scripts/eval.py wrote"
+        )
+    return sorted(scores, key=lambda name: (scores[name], name))[:count]
+
+
+def top_up(
+    cfg: DictConfig | Mapping[str, Any],
+    classes: list[str],
+    extra: int,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Add ``extra`` new train images to each of ``classes``; return what was added.
+
+    Each class is searched under its phrasings in the CSV (every row whose folder_name it is),
+    then under the related searches the engines suggest for them (``top_up.max_related`` per
+    phrasing). Images already in the dataset (exact or near copies, any split) are never taken
+    again, and nothing is deleted. The report: ``classes`` (per class: ``had``, ``added``,
+    ``have``, ``wanted``, ``searches``) beside the usual ``terms``, ``engines`` and ``totals``.
+    """
+    cfg = _plain(cfg)
+    if extra <= 0:
+        raise ImgclfError(f"top_up.extra_images={extra}: give how many images to add per class")
+    terms, engines, settings, distance = _prepare(cfg)
+    store = DatasetStore(cfg["data"]["root"], distance)
+    phrasings = {}
+    for name in dict.fromkeys(classes):
+        rows = [t for t in terms if t.folder_name == name]
+        if not rows:
+            log.warning("class %s has no row in the CSV; searching for %r", name, name.replace("_", " "))
+        phrasings[name] = list(dict.fromkeys(t.search_term for t in rows)) or [name.replace("_", " ")]
+        store.remove_stale_temp_files("train", name)
+    max_related = int((cfg.get("top_up") or {}).get("max_related", 5))
+    job = _Job(cfg, console, store, engines, settings)
+    outcome = run_interruptible(lambda: job.top_up(phrasings, extra, max_related))
+    reports, per_class = outcome
+    summary = summarize(reports, str(store.root), str(store.manifest_path), job.engine_reports)
+    summary["classes"] = per_class
+    return summary
+
+
+def run_interruptible(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work()`` in an event loop that SIGINT and SIGTERM stop cleanly: they cancel it, its
+    ``async with`` blocks close the browser and the downloads, then :class:`Interrupted` is raised.
+    """
+
+    async def main() -> T:
+        received: list[int] = []
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        handled = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+
+                def stop(signum: int = signum) -> None:
+                    if not received:  # later signals wait for the clean-up the first one began
+                        log.warning("%s received: stopping", signal.Signals(signum).name)
+                        received.append(signum)
+                        task.cancel()
+
+                loop.add_signal_handler(signum, stop)
+                handled.append(signum)
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            if received:
+                raise Interrupted(received[0]) from None
+            raise
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(main())
 
 
 class _Job:
@@ -139,7 +278,7 @@ class _Job:
     def __init__(
         self,
         cfg: dict[str, Any],
-        console: Console,
+        console: Console | None,
         store: DatasetStore,
         engines: list[SearchEngine],
         settings: DownloadSettings,
@@ -153,11 +292,14 @@ class _Job:
         self.health = EngineHealth(float(cfg["search"]["block_backoff_s"]))
         self.oversample = float(cfg["search"]["oversample"])
         self.extra = int(cfg["search"]["extra"])
+        self.engine_reports = {engine.name: EngineReport() for engine in engines}
         self._context: BrowserContext | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._progress: Progress | None = None
 
-    async def run(self, terms: list[SearchTerm]) -> list[TermReport]:
-        reports = []
+    @contextlib.asynccontextmanager
+    async def _session(self):
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -165,45 +307,98 @@ class _Job:
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             console=self.console,
+            disable=self.console is None,
         )
         async with contextlib.AsyncExitStack() as stack:
             self._stack = stack
-            client = await stack.enter_async_context(make_client(self.settings))
+            self._client = await stack.enter_async_context(make_client(self.settings))
             with progress:
-                for term in terms:
-                    report = TermReport(term, had=self.store.count(term.split, term.folder_name))
-                    reports.append(report)
-                    if report.had < term.number_imgs:
-                        run = _TermRun(report, self.store, self.tried, progress)
-                        await self._scrape_term(run, client)
+                self._progress = progress
+                yield
+
+    async def run(self, terms: list[SearchTerm]) -> list[TermReport]:
+        reports = []
+        async with self._session():
+            for term in terms:
+                reports.append(await self._row(term))
         return reports
+
+    async def _row(self, term: SearchTerm, on_related=None) -> TermReport:
+        report = TermReport(term, had=self.store.count(term.split, term.folder_name))
+        if report.had < term.number_imgs:
+            run = _TermRun(report, self.store, self.tried, self._progress)
+            await self._scrape_term(run, on_related)
+        return report
+
+    async def top_up(
+        self, phrasings: dict[str, list[str]], extra: int, max_related: int
+    ) -> tuple[list[TermReport], dict[str, dict[str, Any]]]:
+        reports: list[TermReport] = []
+        per_class: dict[str, dict[str, Any]] = {}
+        async with self._session():
+            for name, own in phrasings.items():
+                had = self.store.count("train", name)
+                wanted = had + extra
+                queue = list(own)
+                searched: list[str] = []
+
+                def suggest(phrases: list[str], queue=queue) -> None:
+                    known = {q.casefold() for q in queue}
+                    queue.extend([p for p in phrases if p.casefold() not in known][:max_related])
+
+                for index, phrase in enumerate(queue):
+                    if self.store.count("train", name) >= wanted:
+                        break
+                    term = SearchTerm(0, phrase, wanted, name, "train")
+                    # Related searches of the class's own phrasings only, not of suggestions.
+                    reports.append(await self._row(term, suggest if index < len(own) else None))
+                    searched.append(phrase)
+                have = self.store.count("train", name)
+                per_class[name] = {
+                    "had": had,
+                    "added": have - had,
+                    "have": have,
+                    "wanted": wanted,
+                    "searches": searched,
+                }
+                if have < wanted:
+                    log.warning(
+                        "%s: added %d of %d images; the engines had no more new ones", name, have - had, extra
+                    )
+        return reports, per_class
 
     async def _browser(self) -> BrowserContext:
         if self._context is None:
             self._context = await self._stack.enter_async_context(open_browser(self.cfg["browser"]))
         return self._context
 
-    async def _scrape_term(self, run: _TermRun, client: httpx.AsyncClient) -> None:
+    async def _scrape_term(self, run: _TermRun, on_related=None) -> None:
         for engine in self.engines:
             remaining = run.missing()
             if remaining <= 0:
                 break
-            hits = await self._search(engine, run, remaining)
+            hits = await self._search(engine, run, remaining, on_related)
             if hits:
                 run.tried.update(hit.url for hit in hits)
                 run.report.found += len(hits)
                 run.show(f"downloading from {engine.name} results")
                 sink = self._sink(run.report.term, engine)
-                await download(hits, remaining, sink, client, self.settings, run.on_result)
+                await download(hits, remaining, sink, self._client, self.settings, run.on_result)
         run.show("done" if run.missing() <= 0 else "short")
 
-    async def _search(self, engine: SearchEngine, run: _TermRun, remaining: int) -> list[ImageHit]:
+    async def _search(
+        self, engine: SearchEngine, run: _TermRun, remaining: int, on_related=None
+    ) -> list[ImageHit]:
         report = run.report
+        stats = self.engine_reports[engine.name]
         if self.health.resting(engine.name):
             report.engines[engine.name] = "resting"
+            stats.resting += 1
             return []
         want = math.ceil(remaining * self.oversample) + self.extra
         run.show(f"searching {engine.name}")
+        stats.searches += 1
+        hits: list[ImageHit] = []
         try:
             context = await self._browser()
             hits = await engine.search(
@@ -212,18 +407,24 @@ class _Job:
                 want,
                 run.skip,
                 on_found=lambda n: run.show(f"searching {engine.name}: {n} found"),
+                on_related=on_related,
             )
         except BlockedError as exc:
             wait = self.health.block(engine.name)
             log.warning("%s; resting %s for %.0f s and trying the next engine", exc, engine.name, wait)
-            report.engines[engine.name] = "blocked"
+            report.engines[engine.name] = f"blocked ({exc.kind})"
+            stats.blocks[exc.kind] += 1
             return []
         except (EngineError, PlaywrightError) as exc:
             log.warning("%s failed for %r: %s", engine.name, report.term.search_term, first_line(exc))
             report.engines[engine.name] = "error"
+            stats.errors += 1
             return []
         finally:
             report.known = len(run.known)
+            stats.read += engine.stats.read
+            stats.skipped.update(engine.stats.skipped)
+            stats.used += len(hits)
         report.engines[engine.name] = "ok"
         return hits
 
@@ -260,12 +461,12 @@ class _TermRun:
     def missing(self) -> int:
         return self.report.term.number_imgs - self.report.have
 
-    def skip(self, url: str) -> bool:
+    def skip(self, url: str) -> str | None:
         """Engines leave out URLs the dataset has, and URLs this run has already tried."""
         if self.store.knows_url(url):
             self.known.add(url)
-            return True
-        return url in self.tried
+            return "in_dataset"
+        return "tried" if url in self.tried else None
 
     def on_result(self, reason: str | None) -> None:
         if reason is None:

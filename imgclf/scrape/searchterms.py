@@ -1,14 +1,18 @@
 """Read and check the search-terms CSV before anything touches the network or the disk.
 
-Columns (the original tool's): ``search_term, number_imgs, folder_name, train_val``. Each row asks
-for up to ``number_imgs`` images of ``search_term`` in ``{split}/{folder_name}/``. Every problem is
-reported as one :class:`SearchTermsError` naming the file and line, so that a typo is found in a
-second rather than after a browser has started.
+Columns (as the original tool documented them): ``search_term, number_imgs, folder_name,
+train_val``; the original's code read ``category`` and ``set`` for the last two, and those names
+work too. Each row asks for up to ``number_imgs`` images of ``search_term`` in
+``{split}/{folder_name}/``. The file is UTF-8 (with or without a byte-order mark) or, failing that,
+latin-1, as the original's files were. Every problem is reported as one :class:`SearchTermsError`
+naming the file and line, so that a typo is found in a second rather than after a browser has
+started.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -17,7 +21,11 @@ from typing import NoReturn
 
 from imgclf.errors import ImgclfError
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ("search_term", "number_imgs", "folder_name", "train_val")
+# The original tool's code read these names for the last two columns.
+ALIASES = {"category": "folder_name", "set": "train_val"}
 SPLITS = ("train", "val", "test")
 MAX_FOLDER_NAME = 100
 
@@ -60,8 +68,8 @@ def resolve_searchterms(value: str | Path) -> Path:
         return Path(str(resources.files("imgclf.scrape").joinpath("examples", f"{name}.csv")))
     raise SearchTermsError(
         f"search terms file {path} not found; create it with the columns {', '.join(COLUMNS)} "
-        f"(see docs/scraping.md), pass searchterms=PATH, or use a bundled example: "
-        f"searchterms={' or searchterms='.join(example_names())}"
+        "(see 'Building a dataset: scraping' in the README), pass searchterms=PATH, or use a "
+        f"bundled example: searchterms={' or searchterms='.join(example_names())}"
     )
 
 
@@ -69,11 +77,15 @@ def read_searchterms(path: str | Path) -> list[SearchTerm]:
     """Parse and validate the CSV; raise :class:`SearchTermsError` naming the first bad line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SearchTermsError(f"{path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise SearchTermsError(f"{path}: cannot read ({exc.strerror}); check the path") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Every byte sequence is latin-1, so this cannot fail; it is what the original's files are.
+        text = data.decode("latin-1")
+        log.warning("%s is not UTF-8; read it as latin-1 (save it as UTF-8 to silence this)", path)
     reader = csv.reader(text.splitlines())
     try:
         return _read_rows(path, reader)
@@ -114,16 +126,22 @@ def _read_header(path: Path, reader) -> list[str]:
             break
     else:
         _fail(path, 1, f"the file is empty; start it with the header {','.join(COLUMNS)}")
-    header = [field.strip().lower() for field in fields]
+    written = [field.strip().lower() for field in fields]
+    header = [ALIASES.get(name, name) for name in written]
     line = reader.line_num
-    unknown = [name for name in header if name not in COLUMNS]
+    unknown = [name for name in written if name not in COLUMNS and name not in ALIASES]
     if unknown:
-        _fail(path, line, f"unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)}")
+        _fail(
+            path,
+            line,
+            f"unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)} "
+            "(or the original's search_term, number_imgs, category, set)",
+        )
     missing = [name for name in COLUMNS if name not in header]
     if missing:
         _fail(path, line, f"missing column {missing[0]!r}; the header must name {', '.join(COLUMNS)}")
     if len(set(header)) != len(header):
-        _fail(path, line, "a column is named twice in the header")
+        _fail(path, line, "a column is named twice in the header (category is folder_name, set is train_val)")
     return header
 
 

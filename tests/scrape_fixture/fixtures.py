@@ -61,9 +61,7 @@ def cli_overrides(server: FixtureServer, chromium: str, csv: Path, root: Path) -
     ]
 
 
-def scrape_config(
-    server: FixtureServer, chromium: str, csv: Path, root: Path, *overrides: str
-) -> DictConfig:
+def scrape_config(server: FixtureServer, chromium: str, csv: Path, root: Path, *overrides: str) -> DictConfig:
     """conf/scrape.yaml composed as scripts/scrape.py would, pointed at the fixture."""
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
         return compose("scrape", overrides=[*cli_overrides(server, chromium, csv, root), *overrides])

@@ -1,7 +1,7 @@
-"""A local HTTPS server that plays Google Images, Google's consent page, Bing Images and a faulty
-image host, all on 127.0.0.1.
+"""A local HTTPS server that plays Google Images, Google's consent page, Bing Images, DuckDuckGo
+Images and a faulty image host, all on 127.0.0.1.
 
-Chromium reaches it as www.google.com / consent.google.com / www.bing.com through
+Chromium reaches it as www.google.com / consent.google.com / www.bing.com / duckduckgo.com through
 ``--host-resolver-rules`` (everything else resolves to nothing, so the real internet is never
 contacted); the downloader reaches the image host as ``https://127.0.0.1:PORT/img/...`` and
 trusts the fixture's self-signed certificate as its CA bundle. The server records every request
@@ -11,6 +11,7 @@ so tests can see what was asked for, and by which host name.
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import subprocess
 import threading
@@ -23,7 +24,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 from scrape_fixture import pages
 from scrape_fixture.images import Route, build_routes
 
-HOSTS = ("www.google.com", "consent.google.com", "www.bing.com")
+HOSTS = ("www.google.com", "consent.google.com", "www.bing.com", "duckduckgo.com")
+DDG_BATCH = 4  # results per DuckDuckGo i.js batch
 OVERSIZE_BYTES = 1_500_000  # tests set download.max_bytes below this
 
 
@@ -32,10 +34,28 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "fixture-cert.pem", directory / "fixture-key.pem"
     names = ",".join([*(f"DNS:{host}" for host in HOSTS), "DNS:localhost", "IP:127.0.0.1"])
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=imgclf test fixture", "-addext", f"subjectAltName={names}"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=imgclf test fixture",
+            "-addext",
+            f"subjectAltName={names}",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -48,6 +68,10 @@ class GoogleQuery:
     scroll: list[str] = field(default_factory=list)
     more: list[str] = field(default_factory=list)
     tiles_only: bool = False  # full-size URLs only behind tile clicks, not in the data
+    layout: str = "af"  # the first page's data container (pages.LAYOUTS)
+    framing: str = "decimal"  # the batch responses' framing (pages.BATCH_FRAMINGS)
+    related: list[str] = field(default_factory=list)  # "Related searches" records
+    chips: list[str] = field(default_factory=list)  # refinement chips ("kitten" for "cats")
 
 
 class FixtureServer:
@@ -56,8 +80,14 @@ class FixtureServer:
         self.routes: dict[str, Route] = build_routes(OVERSIZE_BYTES)
         self.google: dict[str, GoogleQuery] = {}
         self.bing: dict[str, list[str]] = {}
+        self.bing_related: dict[str, list[str]] = {}
+        self.ddg: dict[str, list[str]] = {}
+        self.ddg_related: dict[str, list[str]] = {}
+        self.ddg_refused: set[str] = set()  # queries whose i.js answers 403
+        self.ddg_anomaly: set[str] = set()  # queries answered with the bot challenge
         self.blocked: set[str] = set()  # Google queries redirected to the CAPTCHA page (429)
         self.soft_blocked: set[str] = set()  # ... answered 200 with an "unusual traffic" page
+        self.js_challenge: set[str] = set()  # ... answered with the JavaScript-challenge page
         self.image_latency_s = 0.0
         self.requests: list[tuple[str, str, str]] = []  # (method, host, path with query)
         self.active_images = 0
@@ -99,10 +129,16 @@ class FixtureServer:
 
     def reset(self) -> None:
         with self._lock:
-            self.google.clear()
-            self.bing.clear()
-            self.blocked.clear()
-            self.soft_blocked.clear()
+            for table in (self.google, self.bing, self.bing_related, self.ddg, self.ddg_related):
+                table.clear()
+            for queries in (
+                self.ddg_refused,
+                self.ddg_anomaly,
+                self.blocked,
+                self.soft_blocked,
+                self.js_challenge,
+            ):
+                queries.clear()
             self.image_latency_s = 0.0
             self.requests.clear()
             self.max_active_images = 0
@@ -128,8 +164,10 @@ class FixtureServer:
         for _, req_host, path in list(self.requests):
             parts = urlsplit(path)
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-            if req_host == host and parts.path.startswith(path_prefix) and all(
-                query.get(k) == v for k, v in params.items()
+            if (
+                req_host == host
+                and parts.path.startswith(path_prefix)
+                and all(query.get(k) == v for k, v in params.items())
             ):
                 total += 1
         return total
@@ -198,18 +236,27 @@ class _Handler(BaseHTTPRequestHandler):
             ("consent.google.com", "/save"): self._consent_save,
             ("www.bing.com", "/images/search"): self._bing_search,
             ("www.bing.com", "/images/async"): self._bing_async,
+            ("duckduckgo.com", "/"): self._ddg_page,
+            ("duckduckgo.com", "/i.js"): self._ddg_images,
+            ("duckduckgo.com", "/ac/"): self._ddg_suggestions,
         }.get((host, parts.path))
         if handler:
             handler()
         elif host == "127.0.0.1" and parts.path.startswith("/img/"):
-            self._image(parts.path[len("/img/"):])
+            self._image(parts.path[len("/img/") :])
         else:
             self._send(404, b"not found", "text/plain")
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes | str, content_type: str = "text/html",
-              headers: dict[str, str] | None = None, send_length: bool = True) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes | str,
+        content_type: str = "text/html",
+        headers: dict[str, str] | None = None,
+        send_length: bool = True,
+    ) -> None:
         body = body.encode() if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -237,9 +284,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._redirect(f"/sorry/index?continue={quote(here, safe='')}&q={quote(query)}")
         elif query in self.fixture.soft_blocked:
             self._send(200, pages.unusual_traffic_page())
+        elif query in self.fixture.js_challenge:
+            self._send(200, pages.js_challenge_page(query))
         elif query in self.fixture.google:
             answer = self.fixture.google[query]
-            self._send(200, pages.google_results(query, answer.first, answer.tiles_only))
+            self._send(
+                200,
+                pages.google_results(
+                    query, answer.first, answer.tiles_only, answer.layout, answer.related, answer.chips
+                ),
+            )
         else:
             self._send(200, pages.google_results(query, []))
 
@@ -253,15 +307,18 @@ class _Handler(BaseHTTPRequestHandler):
         if answer is not None:
             urls = answer.scroll if batch == "2" else answer.more if batch == "3" else []
         start = 100 * int(batch or 0)
-        self._send(200, pages.google_batch(urls, start), "application/json; charset=utf-8")
+        framing = answer.framing if answer is not None else "decimal"
+        self._send(200, pages.google_batch(urls, start, framing), "application/json; charset=utf-8")
 
     def _consent_page(self) -> None:
         self._send(200, pages.consent_page(self.query.get("continue", "")))
 
     def _consent_save(self) -> None:
         target = self.form.get("continue", ["https://www.google.com/"])[0]
-        cookie = "SOCS=CAESHAgBEhJnd3NfMjAyNDAxMTAtMF9SQzIaAmVuIAEaBgiA; Domain=.google.com; " \
-                 "Path=/; Secure; SameSite=Lax"
+        cookie = (
+            "SOCS=CAESHAgBEhJnd3NfMjAyNDAxMTAtMF9SQzIaAmVuIAEaBgiA; Domain=.google.com; "
+            "Path=/; Secure; SameSite=Lax"
+        )
         self._send(303, b"", headers={"Location": target, "Set-Cookie": cookie})
 
     # -- Bing --------------------------------------------------------------------------------
@@ -269,13 +326,50 @@ class _Handler(BaseHTTPRequestHandler):
     _BING_FIRST_PAGE = 4
 
     def _bing_search(self) -> None:
-        urls = self.fixture.bing.get(self.query.get("q", ""), [])
-        self._send(200, pages.bing_results(self.query.get("q", ""), urls[: self._BING_FIRST_PAGE]))
+        query = self.query.get("q", "")
+        urls = self.fixture.bing.get(query, [])
+        self._send(
+            200,
+            pages.bing_results(
+                query, urls[: self._BING_FIRST_PAGE], self.fixture.bing_related.get(query, [])
+            ),
+        )
 
     def _bing_async(self) -> None:
         urls = self.fixture.bing.get(self.query.get("q", ""), [])
         first = int(self.query.get("first", "0"))
         self._send(200, pages.bing_tiles(urls[first:], first))
+
+    # -- DuckDuckGo ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _vqd(query: str) -> str:
+        return f"4-{abs(hash(query)) % 10**20:020d}"
+
+    def _ddg_page(self) -> None:
+        query = self.query.get("q", "")
+        if query in self.fixture.ddg_anomaly:
+            self._send(200, pages.ddg_anomaly_page())
+        else:
+            self._send(200, pages.ddg_page(query, self._vqd(query)))
+
+    def _ddg_images(self) -> None:
+        query = self.query.get("q", "")
+        if query in self.fixture.ddg_refused:
+            self._send(403, b"", "text/plain")
+        elif self.query.get("vqd") != self._vqd(query):
+            self._send(403, b'{"error": "invalid vqd"}', "application/json")
+        else:
+            urls = self.fixture.ddg.get(query, [])
+            start = int(self.query.get("s", "0"))
+            body = pages.ddg_results(
+                query, self._vqd(query), urls[start : start + DDG_BATCH], start, len(urls)
+            )
+            self._send(200, body, "application/json; charset=utf-8")
+
+    def _ddg_suggestions(self) -> None:
+        phrases = self.fixture.ddg_related.get(self.query.get("q", ""), [])
+        self._send(200, json.dumps([{"phrase": p} for p in phrases]), "application/json")
 
     # -- the faulty image host ---------------------------------------------------------------
 
@@ -289,5 +383,4 @@ class _Handler(BaseHTTPRequestHandler):
             if route.redirect_to:
                 self._redirect(route.redirect_to)
             else:
-                self._send(route.status, route.body, route.content_type,
-                           send_length=route.send_length)
+                self._send(route.status, route.body, route.content_type, send_length=route.send_length)

@@ -14,9 +14,14 @@ from imgclf.scrape.engines.base import (
     SearchSettings,
 )
 from imgclf.scrape.engines.bing import BingEngine
+from imgclf.scrape.engines.duckduckgo import DuckDuckGoEngine
 from imgclf.scrape.engines.google import GoogleEngine
 
-ENGINES: dict[str, type[SearchEngine]] = {"google": GoogleEngine, "bing": BingEngine}
+ENGINES: dict[str, type[SearchEngine]] = {
+    "google": GoogleEngine,
+    "bing": BingEngine,
+    "duckduckgo": DuckDuckGoEngine,
+}
 
 
 def make_engine(name: str, settings: SearchSettings, options: Mapping[str, Any]) -> SearchEngine:

@@ -3,9 +3,12 @@
 An engine opens its result page in a browser tab, gets past any consent page, reads full-size
 image URLs from the page's data (``harvest``), and asks for more (``more``: scroll, "more
 results") until it has enough or the page stops growing. ``fallback`` is the slow path for when
-the data yields nothing. A page that refuses automated searches (CAPTCHA, "unusual traffic", HTTP
-429) raises :class:`BlockedError` at once: the caller backs off from that engine, never retries
-in a loop.
+the data yields nothing. A page that refuses automated searches (CAPTCHA, JavaScript challenge,
+"unusual traffic", HTTP 429) raises :class:`BlockedError` naming the kind of block at once: the
+caller backs off from that engine, never retries in a loop. ``related`` reads the searches the
+engine suggests beside its results (chips, "related searches"), for topping up weak classes.
+Each search keeps :class:`SearchStats`: every result URL it read, and why it skipped the ones it
+did not use.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import asyncio
 import re
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -29,8 +33,18 @@ _QUIET_S = 0.5  # after a background request ends, time for the page to show its
 _BACKGROUND = ("xhr", "fetch")
 
 
+# The kinds of block the summary names.
+CAPTCHA = "CAPTCHA"
+JS_CHALLENGE = "JavaScript challenge"
+UNUSUAL_TRAFFIC = "unusual traffic page"
+
+
 class BlockedError(ImgclfError):
-    """The engine answered with a CAPTCHA, an "unusual traffic" page or HTTP 429."""
+    """The engine refused the search; ``kind`` says how (CAPTCHA, JavaScript challenge, HTTP 429)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class EngineError(ImgclfError):
@@ -66,15 +80,61 @@ def host_matches(host: str, domains: Iterable[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
-def is_image_candidate(url: Any, ignore_domains: Iterable[str]) -> bool:
-    """An absolute http(s) URL on a host that is not the engine's own (thumbnails, assets)."""
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return False
+URL_PROBLEMS = ("data_uri", "not_http", "bad_url", "thumbnail_host")
+
+
+def url_problem(url: Any, ignore_domains: Iterable[str]) -> str | None:
+    """Why ``url`` is not a full-size image candidate, or None when it is one.
+
+    Reasons: ``data_uri`` (an inline thumbnail), ``not_http`` (relative, other scheme, not a
+    string), ``bad_url`` (no host), ``thumbnail_host`` (a host in ``ignore_domains``: the engine's
+    own and its thumbnail servers).
+    """
+    if not isinstance(url, str):
+        return "not_http"
+    if url.startswith("data:"):
+        return "data_uri"
+    if not url.startswith(("http://", "https://")):
+        return "not_http"
     try:
         host = urlsplit(url).hostname
     except ValueError:  # e.g. a malformed IPv6 literal
-        return False
-    return bool(host) and not host_matches(host, ignore_domains)
+        return "bad_url"
+    if not host:
+        return "bad_url"
+    return "thumbnail_host" if host_matches(host, ignore_domains) else None
+
+
+def is_image_candidate(url: Any, ignore_domains: Iterable[str]) -> bool:
+    """An absolute http(s) URL on a host that is not the engine's own (thumbnails, assets)."""
+    return url_problem(url, ignore_domains) is None
+
+
+@dataclass
+class SearchStats:
+    """What one search read: every distinct result URL, with the reason it was skipped (or None)."""
+
+    urls: dict[str, str | None] = field(default_factory=dict)
+
+    def note(self, url: str, reason: str | None) -> None:
+        self.urls.setdefault(url, reason)
+
+    def skip(self, url: str, reason: str) -> None:
+        """A usable URL the caller did not want (already in the dataset, tried in this run)."""
+        if self.urls.get(url) is None:
+            self.urls[url] = reason
+
+    @property
+    def read(self) -> int:
+        return len(self.urls)
+
+    def named_images(self) -> bool:
+        """Did the data name any full-size image (wanted or not)?"""
+        return any(reason not in URL_PROBLEMS for reason in self.urls.values())
+
+    @property
+    def skipped(self) -> Counter:
+        return Counter(reason for reason in self.urls.values() if reason)
 
 
 async def page_text_matches(page: Page, pattern: re.Pattern) -> bool:
@@ -135,37 +195,51 @@ class SearchEngine(ABC):
         self.settings = settings
         self.base_url = base_url.rstrip("/")
         self.options = options
+        self.stats = SearchStats()  # of the latest search
 
     async def search(
         self,
         context: BrowserContext,
         query: str,
         want: int,
-        skip: Callable[[str], bool] = lambda url: False,
+        skip: Callable[[str], str | None] = lambda url: None,
         on_found: Callable[[int], None] = lambda count: None,
+        on_related: Callable[[list[str]], None] | None = None,
     ) -> list[ImageHit]:
         """At least ``want`` new hits if the engine has them (fewer if not), in page order.
 
-        ``skip(url)`` marks URLs the caller already has; they do not count towards ``want``.
+        ``skip(url)`` gives a reason (e.g. ``in_dataset``) for URLs the caller does not want; they
+        do not count towards ``want``. ``on_related`` receives the searches the engine suggests.
         """
+        self.stats = SearchStats()
         page = await context.new_page()
         page.set_default_timeout(self.settings.page_timeout_s * 1000)
         try:
             await self.open(page, query)
+            if on_related is not None:
+                on_related(await self.related(page, query))
             hits = await self._gather(page, want, skip, on_found)
-            if not hits:
-                hits = [hit for hit in await self.fallback(page, want) if not skip(hit.url)]
+            # The slow path is for data that names no image, not for results the caller has.
+            if not hits and not self.stats.named_images():
+                hits = [hit for hit in await self.fallback(page, want) if not self._skip(hit, skip)]
                 on_found(len(hits))
             return hits
         finally:
             await page.close()
+
+    def _skip(self, hit: ImageHit, skip: Callable[[str], str | None]) -> bool:
+        self.stats.note(hit.url, None)
+        reason = skip(hit.url)
+        if reason:
+            self.stats.skip(hit.url, reason)
+        return bool(reason)
 
     async def _gather(self, page: Page, want: int, skip, on_found) -> list[ImageHit]:
         found: dict[str, ImageHit] = {}
 
         async def absorb() -> int:
             for hit in await self.harvest(page):
-                if hit.url not in found and not skip(hit.url):
+                if hit.url not in found and not self._skip(hit, skip):
                     found[hit.url] = hit
             return len(found)
 
@@ -200,6 +274,22 @@ class SearchEngine(ABC):
     async def fallback(self, page: Page, want: int) -> list[ImageHit]:
         """Slow path when the data named no image; engines without one find nothing."""
         return []
+
+    async def related(self, page: Page, query: str) -> list[str]:
+        """Other phrasings the engine suggests for ``query`` on its result page, best first."""
+        return []
+
+
+def clean_phrases(phrases: Iterable[str], query: str) -> list[str]:
+    """Suggested searches, whitespace tidied, without repeats or the query itself, in order."""
+    seen = {" ".join(query.split()).casefold()}
+    kept = []
+    for phrase in phrases:
+        phrase = " ".join(phrase.split())
+        if phrase and phrase.casefold() not in seen:
+            seen.add(phrase.casefold())
+            kept.append(phrase)
+    return kept
 
 
 def first_line(exc: Exception) -> str:

@@ -1,45 +1,51 @@
 """Google Images, read from the data the page carries rather than from its CSS classes.
 
-The result page embeds its results as JSON in ``AF_initDataCallback({... data: [...]})`` script
-blobs, and each further batch (on scroll or "more results") arrives as a background response that
-starts with the anti-JSON-hijacking prefix ``)]}'``. In both, a full-size image appears as an array
-``["https://host/image.jpg", height, width]``; thumbnails are the same shape on gstatic.com. We
-walk the JSON for that shape (decoding JSON nested in strings, as batch responses do) instead of
-matching markup, so a redesign that keeps the data survives. Clicking tiles and reading the
-preview is the fallback when the data names no image.
+The result page embeds its results as JSON, and each further batch (on scroll or "more results")
+arrives as a background response that starts with the anti-JSON-hijacking prefix ``)]}'``; the
+containers vary (``AF_initDataCallback`` blobs, objects assigned in plain scripts on ``udm=2``
+pages, JSON in string literals, decimal or hex chunk framing: see :mod:`.containers`). In all of
+them a result is a ``444383007`` record holding its thumbnail and its full-size image as arrays
+``["https://host/image.jpg", height, width]`` (thumbnails on gstatic.com) and its page in a
+``"2003"`` record. We walk the JSON for that shape instead of matching markup, so a redesign that
+keeps the data survives, and decode URLs however deeply their escapes were escaped. Clicking
+tiles and reading the preview is the fallback when the data names no image.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, Response
 
 from imgclf.scrape.engines.base import (
+    CAPTCHA,
+    JS_CHALLENGE,
+    UNUSUAL_TRAFFIC,
     BlockedError,
     EngineError,
     ImageHit,
     SearchEngine,
+    clean_phrases,
     click_if_visible,
     first_line,
     host_matches,
     is_image_candidate,
     page_text_matches,
     scroll_to_bottom,
+    url_problem,
 )
+from imgclf.scrape.engines.containers import json_values, looks_like_data, real_url
 
-XSSI_PREFIX = ")]}'"
-_AF_DATA = re.compile(r"AF_initDataCallback\(\s*\{[^\[]*?data:\s*(?:function\s*\(\)\s*\{\s*return\s*)?(?=\[)")
-_TRIPLE_TEXT = re.compile(r'\["(https?://[^"]+?)",(\d+),(\d+)\]')
-_DECODER = json.JSONDecoder()
 _MAX_DEPTH = 80
+_TRIPLE_TEXT = re.compile(r'\[\s*"(https?://[^"]+?)",\s*(\d+),\s*(\d+)\s*\]')
+_URL_START = ("http://", "https://", "data:")
 
 # English (we ask for hl=en) first; a few other languages for a consent page that ignores it.
 CONSENT_BUTTON = re.compile(
@@ -51,43 +57,22 @@ CONSENT_BUTTON = re.compile(
 MORE_RESULTS = re.compile(r"(show )?more results", re.IGNORECASE)
 BLOCKED_TEXT = re.compile(r"unusual traffic|not a robot|automated queries", re.IGNORECASE)
 CAPTCHA_SELECTOR = "#captcha-form, form[action*='/sorry/'], iframe[src*='recaptcha']"
+# The page Google serves instead of results when it wants proof that JavaScript runs: its
+# <noscript> sends to /httpservice/retry/enablejs, and it says "having trouble accessing".
+JS_CHALLENGE_TEXT = re.compile(r"/httpservice/retry/enablejs|having trouble accessing Google Search")
 
 
-def json_values(text: str) -> Iterator[Any]:
-    """The JSON values in a result page's data blobs or in a ``)]}'`` batch response."""
-    if text.startswith(XSSI_PREFIX):
-        yield from _chunked_values(text[len(XSSI_PREFIX) :])
-        return
-    for match in _AF_DATA.finditer(text):
-        try:
-            yield _DECODER.raw_decode(text, match.end())[0]
-        except json.JSONDecodeError:
-            continue
-
-
-def _chunked_values(text: str) -> Iterator[Any]:
-    """Batch responses: JSON values, each optionally preceded by a line giving its length."""
-    pos = 0
-    while pos < len(text):
-        while pos < len(text) and (text[pos].isspace() or text[pos].isdigit()):
-            pos += 1
-        if pos >= len(text):
-            return
-        try:
-            value, pos = _DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return
-        yield value
-
-
-def _is_triple(node: Any) -> bool:
-    return (
+def _triple_url(node: Any) -> str | None:
+    """The URL of an image triple ``["https://...", height, width]``, decoded, or None."""
+    if (
         isinstance(node, list)
         and len(node) >= 3
         and isinstance(node[0], str)
-        and node[0].startswith(("http://", "https://"))
+        and node[0].startswith(_URL_START)
         and all(isinstance(n, int) and not isinstance(n, bool) for n in node[1:3])
-    )
+    ):
+        return real_url(node[0])
+    return None
 
 
 def _urls_in(nodes: list[Any], depth: int = 0) -> Iterator[str]:
@@ -95,8 +80,8 @@ def _urls_in(nodes: list[Any], depth: int = 0) -> Iterator[str]:
     deeper: list[Any] = []
     for node in nodes:
         if isinstance(node, str) and node.startswith(("http://", "https://")):
-            yield node
-        elif isinstance(node, list) and not _is_triple(node):
+            yield real_url(node)
+        elif isinstance(node, list) and _triple_url(node) is None:
             deeper.extend(node)
         elif isinstance(node, dict):
             deeper.extend(node.values())
@@ -104,55 +89,127 @@ def _urls_in(nodes: list[Any], depth: int = 0) -> Iterator[str]:
         yield from _urls_in(deeper, depth + 1)
 
 
-def _walk(node: Any, ignore: tuple[str, ...], hits: dict[str, ImageHit], depth: int = 0) -> None:
-    if depth > _MAX_DEPTH:
-        return
-    if isinstance(node, str):
-        # Batch responses nest JSON documents inside strings.
-        if len(node) > 2 and node[0] in "[{":
-            try:
-                _walk(json.loads(node), ignore, hits, depth + 1)
-            except json.JSONDecodeError:
-                pass
+class _Reader:
+    """Walks decoded data for image triples; each result's page URL sits beside its triples (in
+    the ``"2003"`` record of Google's ``444383007`` result records)."""
+
+    def __init__(self, ignore: tuple[str, ...], seen: dict[str, str | None] | None) -> None:
+        self.ignore = ignore
+        self.hits: dict[str, ImageHit] = {}
+        self.seen = seen if seen is not None else {}
+
+    def walk(self, node: Any, depth: int = 0) -> None:
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(node, str):
+            # Batch responses nest JSON documents (or whole framed responses) inside strings.
+            if looks_like_data(node):
+                for value in json_values(node):
+                    self.walk(value, depth + 1)
+            return
+        if isinstance(node, dict):
+            for child in node.values():
+                self.walk(child, depth + 1)
+            return
+        if not isinstance(node, list):
+            return
+        images = []
+        for child in node:
+            url = _triple_url(child)
+            if url is not None:
+                problem = url_problem(url, self.ignore)
+                self.seen.setdefault(url, problem)
+                if problem is None:
+                    images.append(url)
+        if images:
+            others = [c for c in node if _triple_url(c) is None]
+            page_url = next(
+                (u for u in _urls_in(others) if u not in images and is_image_candidate(u, self.ignore)),
+                None,
+            )
+            for url in images:
+                if url not in self.hits or (page_url and self.hits[url].page_url is None):
+                    self.hits[url] = ImageHit(url, page_url)
+        for child in node:
+            if _triple_url(child) is None:
+                self.walk(child, depth + 1)
+
+
+def extract_hits(
+    text: str, ignore: tuple[str, ...], seen: dict[str, str | None] | None = None
+) -> list[ImageHit]:
+    """Full-size image URLs, with their pages, named by a Google result page or response.
+
+    ``ignore``: domains whose URLs are thumbnails or assets, never results (gstatic.com, ...).
+    ``seen`` (optional) receives every image URL read, mapped to why it was skipped (see
+    :func:`url_problem`) or None.
+    """
+    reader = _Reader(ignore, seen)
+    for value in json_values(text):
+        reader.walk(value)
+    # Data in a wrapper we do not parse: the triple shape is still recognisable as text.
+    for match in _TRIPLE_TEXT.finditer(text):
+        url = real_url(match[1])
+        problem = url_problem(url, ignore)
+        reader.seen.setdefault(url, problem)
+        if problem is None and url not in reader.hits:
+            reader.hits[url] = ImageHit(url)
+    return list(reader.hits.values())
+
+
+def related_searches(text: str, query: str) -> list[str]:
+    """The searches Google suggests beside the results for ``query``, in page order.
+
+    In the data: "Related searches" records (``["pink cats", null, "/search?q=pink+cats&tbm=isch"
+    ...]``) give their query; chips (``["kitten", [thumbnail ...], "/search?q=cats&...&chips=q:cats,
+    g_1:kitten:..."]``) refine the query, so "kitten" becomes "cats kitten". In the markup: links
+    to other image searches.
+    """
+    phrases: list[str] = []
+    for value in json_values(text):
+        _data_phrases(value, query, phrases, 0)
+    for href in _SEARCH_LINK.findall(text):
+        phrase = _link_phrase(html.unescape(href), "", query)
+        if phrase:
+            phrases.append(phrase)
+    return clean_phrases(phrases, query)
+
+
+_SEARCH_LINK = re.compile(r"""href=["'](/search\?[^"']+)["']""")
+
+
+def _link_phrase(link: str, label: str, query: str) -> str | None:
+    """The search a ``/search?...`` link runs, if it is an image search."""
+    params = parse_qs(urlsplit(real_url(link)).query)
+    if not ({"tbm", "udm"} & params.keys()) or not params.get("q"):
+        return None
+    if "chips" in params:
+        label = label.strip()
+        if not label:
+            return None
+        return label if query.casefold() in label.casefold() else f"{query} {label}"
+    return params["q"][0]
+
+
+def _data_phrases(node: Any, query: str, phrases: list[str], depth: int) -> None:
+    if depth > _MAX_DEPTH or not isinstance(node, (list, dict)):
         return
     if isinstance(node, dict):
         for child in node.values():
-            _walk(child, ignore, hits, depth + 1)
+            _data_phrases(child, query, phrases, depth + 1)
         return
-    if not isinstance(node, list):
+    if (
+        len(node) >= 3
+        and isinstance(node[0], str)
+        and isinstance(node[2], str)
+        and node[2].startswith("/search?")
+    ):
+        phrase = _link_phrase(node[2], node[0], query)
+        if phrase:
+            phrases.append(phrase)
         return
-    images = [c[0] for c in node if _is_triple(c) and is_image_candidate(c[0], ignore)]
-    if images:
-        # The result's page URL sits beside its image triples (in Google's "2003" record).
-        others = [c for c in node if not _is_triple(c)]
-        page_url = next(
-            (u for u in _urls_in(others) if u not in images and is_image_candidate(u, ignore)),
-            None,
-        )
-        for url in images:
-            hits.setdefault(url, ImageHit(url, page_url))
     for child in node:
-        if not _is_triple(child):
-            _walk(child, ignore, hits, depth + 1)
-
-
-def extract_hits(text: str, ignore: tuple[str, ...]) -> list[ImageHit]:
-    """Full-size image URLs named by a Google result page or batch response, in page order.
-
-    ``ignore``: domains whose URLs are thumbnails or assets, never results (gstatic.com, ...).
-    """
-    hits: dict[str, ImageHit] = {}
-    for value in json_values(text):
-        _walk(value, ignore, hits)
-    # Data in a wrapper we do not parse: the triple shape is still recognisable as text.
-    for match in _TRIPLE_TEXT.finditer(text):
-        try:
-            url = json.loads(f'"{match[1]}"')
-        except json.JSONDecodeError:
-            continue
-        if is_image_candidate(url, ignore):
-            hits.setdefault(url, ImageHit(url))
-    return list(hits.values())
+        _data_phrases(child, query, phrases, depth + 1)
 
 
 @dataclass
@@ -160,8 +217,9 @@ class _Capture:
     """What the background responses of one result page brought."""
 
     hits: dict[str, ImageHit] = field(default_factory=dict)
+    seen: dict[str, str | None] = field(default_factory=dict)  # every image URL read -> problem
     pending: set[asyncio.Task] = field(default_factory=set)
-    blocked: str | None = None
+    blocked: tuple[str, str] | None = None  # (kind, what happened)
 
 
 class GoogleEngine(SearchEngine):
@@ -178,9 +236,11 @@ class GoogleEngine(SearchEngine):
         # tbm=isch has selected image search for two decades; udm=2 is its newer spelling.
         self.search_params = dict(options.get("search_params") or {"tbm": "isch"})
         self._capture = _Capture()
+        self._query = ""
 
     async def open(self, page: Page, query: str) -> None:
         self._capture = _Capture()
+        self._query = query
         page.on("response", self._on_response)
         params = urlencode({"q": query, **self.search_params, "hl": self.language})
         try:
@@ -197,7 +257,9 @@ class GoogleEngine(SearchEngine):
         if not host_matches(host, (self.own_domain,)):
             return
         if response.status == 429:
-            self._capture.blocked = f"HTTP 429 from {response.url}"
+            self._capture.blocked = ("HTTP 429", f"HTTP 429 from {response.url}")
+        elif "/sorry/" in urlsplit(response.url).path:
+            self._capture.blocked = (CAPTCHA, f"CAPTCHA page at {response.url}")
         elif response.ok and response.request.resource_type in ("document", "xhr", "fetch"):
             task = asyncio.ensure_future(self._read(response))
             self._capture.pending.add(task)
@@ -208,7 +270,7 @@ class GoogleEngine(SearchEngine):
             text = await response.text()
         except PlaywrightError:  # body gone (page closed, redirect): nothing to read
             return
-        for hit in extract_hits(text, self.ignore):
+        for hit in extract_hits(text, self.ignore, self._capture.seen):
             self._capture.hits.setdefault(hit.url, hit)
 
     async def _give_consent(self, page: Page) -> None:
@@ -225,24 +287,51 @@ class GoogleEngine(SearchEngine):
         await page.wait_for_url(lambda url: not _is_consent(url), wait_until="domcontentloaded")
 
     async def _check_blocked(self, page: Page, response: Response | None, query: str) -> None:
-        reason = self._capture.blocked
+        block = self._capture.blocked
         if response is not None and response.status == 429:
-            reason = "HTTP 429"
+            block = ("HTTP 429", "HTTP 429")
         elif "/sorry/" in urlsplit(page.url).path:
-            reason = "redirected to the CAPTCHA page"
+            block = (CAPTCHA, "redirected to the CAPTCHA page (/sorry/)")
         elif await page.locator(CAPTCHA_SELECTOR).count():
-            reason = "CAPTCHA"
-        elif not await self.harvest(page) and await page_text_matches(page, BLOCKED_TEXT):
-            reason = "'unusual traffic' page"
-        if reason:
-            raise BlockedError(f"{self.name} refused the search for {query!r}: {reason}")
+            block = (CAPTCHA, "CAPTCHA")
+        elif not await self.harvest(page):
+            if await self._stuck_on_js_challenge(page):
+                block = (JS_CHALLENGE, "JavaScript challenge page instead of results")
+            elif await page_text_matches(page, BLOCKED_TEXT):
+                block = (UNUSUAL_TRAFFIC, "'unusual traffic' page")
+        if block:
+            raise BlockedError(f"{self.name} refused the search for {query!r}: {block[1]}", block[0])
+
+    async def _stuck_on_js_challenge(self, page: Page) -> bool:
+        """Is this the JavaScript-challenge page, still, after giving its script time to pass?"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.scroll_pause_s
+        while True:
+            try:
+                challenge = bool(JS_CHALLENGE_TEXT.search(await page.content()))
+            except PlaywrightError:  # navigating (the challenge passed): look again
+                challenge = True
+            if not challenge or await self.harvest(page):
+                return False
+            if loop.time() >= deadline:
+                return True
+            await asyncio.sleep(0.2)
 
     async def harvest(self, page: Page) -> list[ImageHit]:
         if self._capture.pending:
             await asyncio.gather(*list(self._capture.pending))
+        for url, problem in self._capture.seen.items():
+            self.stats.note(url, problem)
         if self._capture.blocked:
-            raise BlockedError(f"{self.name} refused further results: {self._capture.blocked}")
+            kind, detail = self._capture.blocked
+            raise BlockedError(f"{self.name} refused the search for {self._query!r}: {detail}", kind)
         return list(self._capture.hits.values())
+
+    async def related(self, page: Page, query: str) -> list[str]:
+        try:
+            return related_searches(await page.content(), query)
+        except PlaywrightError:  # the page went away: no suggestions
+            return []
 
     async def more(self, page: Page) -> None:
         await scroll_to_bottom(page)

@@ -1,0 +1,128 @@
+"""``scripts/scrape.py`` stopped by SIGTERM or SIGINT while Chromium runs and images download:
+nothing outlives it, nothing is half-written, it says so in one line, and a rerun continues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+from scrape_fixture import GoogleQuery
+from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+    cli_overrides,
+    fixture_server_fixture,
+    scrape_config,
+    web_fixture,
+)
+
+from imgclf.images import load_image
+from imgclf.scrape.run import scrape
+
+
+def processes() -> dict[int, tuple[int, str, str]]:
+    """Every process: pid -> (parent pid, start time, command name), from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), fields[19], name)
+    return table
+
+
+def descendants(root: int) -> set[tuple[int, str, str]]:
+    """(pid, start time, name) of every process below ``root``."""
+    table = processes()
+    found, frontier = set(), {root}
+    while frontier:
+        children = {pid for pid, (parent, _, _) in table.items() if parent in frontier}
+        found |= {(pid, table[pid][1], table[pid][2]) for pid in children}
+        frontier = children
+    return found
+
+
+def alive(process: tuple[int, str, str]) -> bool:
+    pid, started, _ = process
+    info = processes().get(pid)
+    return info is not None and info[1] == started and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_everything_and_a_rerun_continues(web, chromium_path, tmp_path, signum):
+    names = [f"extra{n}.jpg" for n in range(1, 13)]
+    web.google["slow cats"] = GoogleQuery(first=[web.img(n) for n in names])
+    web.image_latency_s = 1.0  # downloads are in flight when the signal lands
+    csv = tmp_path / "searchterms.csv"
+    csv.write_text("search_term,number_imgs,folder_name,train_val\nslow cats,10,cats,train\n")
+    root = tmp_path / "dataset"
+    folder = root / "train" / "cats"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "scrape.py"),
+        *cli_overrides(web, chromium_path, csv, root),
+        "download.concurrency=2",
+        "download.timeout_s=10",
+        "download.deadline_s=30",
+        f"hydra.run.dir='{tmp_path / 'hydra'}'",
+    ]
+    seen: set[tuple[int, str, str]] = set()
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=tmp_path, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120  # catches a hang, measures nothing
+            while time.monotonic() < deadline and process.poll() is None:
+                seen |= descendants(process.pid)
+                chromium = any("chrom" in name.lower() for _, _, name in seen)
+                if chromium and folder.is_dir() and list(folder.glob("cats_*.jpg")):
+                    break
+                time.sleep(0.1)
+            assert process.poll() is None, (tmp_path / "err.log").read_text()
+            seen |= descendants(process.pid)
+            os.kill(process.pid, signum)  # the main process only, as `kill PID` does
+            returncode = process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    stderr = (tmp_path / "err.log").read_text()
+    assert returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: stopped by {name}; nothing half-written was left, run the same command "
+        "again to continue"
+    )
+    assert "Traceback" not in stderr + (tmp_path / "out.log").read_text()
+    # Chromium (Playwright starts it in a process group of its own), its helpers and the
+    # Playwright driver were all running, and none outlived the command.
+    assert len(seen) >= 3 and any("chrom" in n.lower() for _, _, n in seen), seen
+    assert [p for p in seen if alive(p)] == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # its process group is empty
+    saved = sorted(folder.glob("cats_*.jpg"))
+    assert 1 <= len(saved) < 10
+    assert sorted(p.name for p in root.rglob("*") if p.is_file() and p.name.endswith(".tmp")) == []
+    for path in saved:
+        load_image(path)  # whole images only
+
+    web.image_latency_s = 0.0
+    summary = scrape(scrape_config(web, chromium_path, csv, root))
+    assert summary["terms"][0]["had"] == len(saved) and summary["terms"][0]["have"] == 10
