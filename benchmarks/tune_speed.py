@@ -1,13 +1,13 @@
-"""Wall time of the same frozen-backbone Optuna search with and without the feature cache.
+"""Wall time of the same frozen-backbone Optuna search with and without the feature store.
 
 Both sweeps run through ``scripts/train.py -m hparams_search=optuna`` in this one run, with the
 original's search space minus fine-tuning (a frozen-backbone search) and a seeded sampler kept
 in its random phase, so both evaluate the same trial parameters. The backbone weights are those
-of an Inception v3 first trained briefly on the digits themselves: ImageNet weights cannot be
+of the network first trained briefly on the digits themselves: ImageNet weights cannot be
 downloaded here, they cost exactly the same to run, and random weights would make the accuracy
 comparison meaningless.
 
-    python benchmarks/tune_speed.py [--trials 8] [--image-size 150]  # output: docs/benchmarks.md
+    python benchmarks/tune_speed.py [--trials 8] [--image-size 150] [--backbone inception_v3]
 """
 
 from __future__ import annotations
@@ -23,16 +23,84 @@ import optuna
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf.hardware import describe_machine  # noqa: E402
 
 
 def run(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "scripts/train.py", *args],
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", *args], cwd=ROOT, capture_output=True, text=True
     )
+    if result.returncode:
+        raise SystemExit(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+
+
+def digits_weights(tmp: Path, data: Path, common: list[str]) -> Path:
+    """The backbone after two epochs from scratch on the digits, as a torchvision-layout state dict."""
+    run(
+        *common,
+        "model.pretrained=false",
+        "model.optimizer.lr=1e-3",
+        "trainer.max_epochs=2",
+        f"paths.model_dir={tmp / 'scratch'}",
+    )
+    record = torch.load(tmp / "scratch" / "model.ckpt", weights_only=True)
+    weights = tmp / "backbone.pth"
+    backbone = {
+        k.removeprefix("backbone."): v for k, v in record["state_dict"].items() if k.startswith("backbone.")
+    }
+    torch.save(backbone, weights)
+    return weights
+
+
+def compare_sweeps(tmp: Path, backbone: str, image_size: int, trials: int) -> dict[str, float]:
+    """Both sweeps on the digits; their wall times and best validation accuracies."""
+    from imgclf.demo import make_digits_dataset
+
+    data = tmp / "digits"
+    make_digits_dataset(data, size=32)
+    common = [
+        f"data.root={data}",
+        f"model/backbone={backbone}",
+        f"data.image_size={image_size}",
+        "data.augment=false",
+        f"paths.log_dir={tmp / 'logs'}",
+        "callbacks=none",
+    ]
+    weights = digits_weights(tmp, data, common)
+    results = {}
+    for store in (True, False):
+        model_dir = tmp / f"store_{store}"
+        started = time.perf_counter()
+        run(
+            "-m",
+            "hparams_search=optuna",
+            *common,
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweeper.sampler.n_startup_trials={trials}",
+            "model.fine_tune=false",
+            f"model.weights_path={weights}",
+            f"features.cache={str(store).lower()}",
+            f"paths.model_dir={model_dir}",
+            f"paths.cache_dir={tmp / 'feature_store'}",
+        )
+        seconds = time.perf_counter() - started
+        study = optuna.load_study(study_name="imgclf", storage=f"sqlite:///{model_dir / 'optuna.db'}")
+        results[store] = (
+            seconds,
+            study.best_value,
+            sum(t.params["trainer.max_epochs"] for t in study.trials),
+        )
+    (stored_s, stored_acc, epochs), (plain_s, plain_acc, _) = results[True], results[False]
+    return {
+        "stored_s": stored_s,
+        "stored_acc": stored_acc,
+        "plain_s": plain_s,
+        "plain_acc": plain_acc,
+        "epochs": epochs,
+        "speedup": plain_s / stored_s,
+    }
 
 
 def main() -> None:
@@ -41,73 +109,23 @@ def main() -> None:
     # 150 px keeps the uncached sweep near 10 minutes on two cores; the tool trains at 299 px,
     # where an uncached epoch costs ~4x more backbone compute and a cached trial no more.
     parser.add_argument("--image-size", type=int, default=150)
+    parser.add_argument("--backbone", default="inception_v3")
     args = parser.parse_args()
-
-    from imgclf.demo import make_digits_dataset
-
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        data = tmp / "digits"
-        counts = make_digits_dataset(data, size=32)
-        common = [
-            f"data.root={data}",
-            f"data.image_size={args.image_size}",
-            "data.augment=false",
-            f"paths.log_dir={tmp / 'logs'}",
-            "callbacks=none",
-        ]
-        run(
-            *common,
-            "model.pretrained=false",
-            "model.optimizer.lr=1e-3",
-            "trainer.max_epochs=2",
-            f"paths.model_dir={tmp / 'scratch'}",
-        )
-        record = torch.load(tmp / "scratch" / "model.ckpt", weights_only=True)
-        weights = tmp / "backbone.pth"
-        torch.save(
-            {
-                k.removeprefix("backbone."): v
-                for k, v in record["state_dict"].items()
-                if k.startswith("backbone.")
-            },
-            weights,
-        )
-
-        results = {}
-        for cache in (True, False):
-            model_dir = tmp / f"cache_{cache}"
-            started = time.perf_counter()
-            run(
-                "-m",
-                "hparams_search=optuna",
-                *common,
-                f"hydra.sweeper.n_trials={args.trials}",
-                f"hydra.sweeper.sampler.n_startup_trials={args.trials}",
-                "model.fine_tune=false",
-                f"model.weights_path={weights}",
-                f"features.cache={str(cache).lower()}",
-                f"paths.model_dir={model_dir}",
-                f"paths.cache_dir={tmp / 'feature_cache'}",
-            )
-            seconds = time.perf_counter() - started
-            study = optuna.load_study(study_name="imgclf", storage=f"sqlite:///{model_dir / 'optuna.db'}")
-            epochs = sum(t.params["trainer.max_epochs"] for t in study.trials)
-            results[cache] = (seconds, study.best_value, epochs)
-
-    (cached_s, cached_acc, epochs), (plain_s, plain_acc, _) = results[True], results[False]
+        result = compare_sweeps(Path(tmp), args.backbone, args.image_size, args.trials)
+    print(f"# tune_speed: {describe_machine()}")
     print(
-        f"# tune_speed: {args.trials}-trial frozen-backbone search, digits {counts}, "
-        f"{args.image_size} px, {epochs} epochs in all, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads\n"
+        f"{args.trials}-trial frozen-backbone search, {args.backbone}, 1,797 digits, {args.image_size} px, "
+        f"{result['epochs']} epochs in all\n"
     )
     print("| sweep | wall time (s) | best val/acc |")
     print("| --- | ---: | ---: |")
-    print(f"| feature cache on (computed once, in the time) | {cached_s:.1f} | {cached_acc:.4f} |")
-    print(f"| feature cache off | {plain_s:.1f} | {plain_acc:.4f} |")
+    stored, accuracy = result["stored_s"], result["stored_acc"]
+    print(f"| feature store on (built once, in the time) | {stored:.1f} | {accuracy:.4f} |")
+    print(f"| feature store off | {result['plain_s']:.1f} | {result['plain_acc']:.4f} |")
     print(
-        f"\nspeed-up with the cache: {plain_s / cached_s:.1f}x (goal: at least 10x), "
-        f"best val/acc difference {cached_acc - plain_acc:+.4f}"
+        f"\nspeed-up with the store: {result['speedup']:.1f}x (goal: at least 10x), "
+        f"best val/acc difference {result['stored_acc'] - result['plain_acc']:+.4f}"
     )
 
 

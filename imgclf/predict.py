@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
@@ -47,7 +48,8 @@ def run_network(
         dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
     )
     outputs, targets, indices = [], [], []
-    with Progress(transient=True) as progress:
+    # on stderr: stdout carries results (eval's summary, a benchmark's table)
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=len(dataset))
         for images, target, index in loader:
             kept = index >= 0

@@ -167,6 +167,7 @@ class StageRunner:
             remove_own_checkpoints(directory)
         trainer.strategy.barrier("stage start")
         log.info("Stage %s: %s", stage.name, describe(stage, module))
+        module.train()  # the previous stage or the feature pass left parts in eval mode
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         self.last_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.fast_dev_run:

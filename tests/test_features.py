@@ -159,6 +159,7 @@ def test_a_killed_feature_pass_keeps_its_finished_chunks(tmp_path, small_digits_
     args = [
         *cached_run(small_digits_root, weights, tmp_path, cache),
         "features.chunk_size=6",
+        "trainer.max_epochs=1",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
     process = subprocess.Popen(

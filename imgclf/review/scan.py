@@ -141,7 +141,7 @@ def scan_dataset(
         for path in paths
     ]
     images = []
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task("reading images", total=len(jobs))
         for path, split, label in jobs:
             images.append(scan_file(root, path, split, label, pixel_side))
