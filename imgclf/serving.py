@@ -7,7 +7,7 @@ How a request travels, and why nothing a client sends can fail someone else's re
    are not a multipart form or that announce a body over the payload limit; LitServe's own size
    check stops bodies that lie about their length; ``ClassifierAPI.authorize`` parses the form,
    so that a malformed multipart body gets a 400 there.
-2. In the inference worker, :class:`AdaptiveBatchLoop` gathers requests into a batch, and
+2. In the inference worker, LitServe's own batching loop gathers requests into a batch, and
    ``decode_request`` decodes and preprocesses each one on its own, before the batch is stacked
    for the model, and never raises: a missing field or an undecodable image becomes a
    :class:`Rejection` that travels through the batch in its slot.
@@ -28,11 +28,9 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from queue import Empty, Queue
 from typing import Any
 
 import litserve as ls
@@ -41,7 +39,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from litserve.loops import BatchedLoop
-from litserve.utils import LitAPIStatus, LoopResponseType
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -122,71 +119,6 @@ def image_bytes(form: Any) -> bytes:
     return upload.file.read()
 
 
-class AdaptiveBatchLoop(BatchedLoop):
-    """LitServe's batched loop, gathering each batch by how many requests the last one had.
-
-    LitServe's own gathering polls the request queue every millisecond, idle or not, and waits
-    out ``batch_timeout`` whenever a batch is not full, so a lone client pays the timeout on every
-    request; on a CPU shared with other work it kept a third of this loop's throughput
-    (docs/benchmarks.md). Here the worker blocks until a request arrives and takes everything
-    already queued. Then, never past ``batch_timeout`` after the first arrival, it waits for as
-    many requests as the last batch had and, after a batch of several, for more that follow
-    within ``STRAGGLER_GAP``: a lone client never waits, and eight steady clients keep meeting in
-    batches of eight rather than settling into 5 + 3.
-    """
-
-    STRAGGLER_GAP = 0.01  # seconds; clients answered together come back a few ms apart
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.expected = 1
-
-    def get_batch_requests(
-        self, lit_api: ls.LitAPI, request_queue: Queue, transport: Any
-    ) -> tuple[list, list]:
-        payloads: list = []
-        timed_out: list = []
-        request = self.take(request_queue, timeout=1.0)
-        deadline = time.monotonic() + lit_api.batch_timeout
-        while request is not None:
-            self.admit(request, lit_api, transport, payloads, timed_out)
-            if len(payloads) + len(timed_out) >= lit_api.max_batch_size:
-                break
-            request = self.take(request_queue, timeout=self.patience(len(payloads), deadline))
-        if payloads:
-            self.expected = len(payloads)
-        return payloads, timed_out
-
-    def patience(self, gathered: int, deadline: float) -> float:
-        """How long to wait for the next request, with ``gathered`` in hand."""
-        left = deadline - time.monotonic()
-        if gathered < self.expected:
-            return left
-        if self.expected > 1:
-            return min(left, self.STRAGGLER_GAP)
-        return 0.0
-
-    @staticmethod
-    def take(request_queue: Queue, timeout: float) -> tuple | None:
-        # LitServe stops its workers with SIGTERM; nothing is ever put in the queue to stop the loop.
-        try:
-            return request_queue.get(timeout=timeout) if timeout > 0 else request_queue.get_nowait()
-        except Empty:
-            return None
-
-    def admit(
-        self, request: tuple, lit_api: ls.LitAPI, transport: Any, payloads: list, timed_out: list
-    ) -> None:
-        """As LitServe's ``collate_requests`` does: acknowledge, then batch or time out."""
-        response_queue_id, uid, timestamp, x_enc = request
-        self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
-        waited = time.monotonic() - timestamp
-        if lit_api.request_timeout not in (-1, False, None) and waited > lit_api.request_timeout:
-            timed_out.append((response_queue_id, uid))
-        else:
-            payloads.append((response_queue_id, uid, x_enc))
-
-
 class ClassifierAPI(ls.LitAPI):
     """One model file behind ``POST /classify``; the same :class:`Predictor` as classify.py."""
 
@@ -199,14 +131,14 @@ class ClassifierAPI(ls.LitAPI):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
         max_batch_size: int = 8,
-        batch_timeout: float = 0.05,
+        batch_timeout: float = 0.01,
     ) -> None:
-        # The batched loop even for max_batch_size=1, so that rejections work the same way.
+        # LitServe's batched loop even for max_batch_size=1, so that rejections work the same way.
         super().__init__(
             max_batch_size=max_batch_size,
             batch_timeout=batch_timeout,
             api_path=API_PATH,
-            loop=AdaptiveBatchLoop(),
+            loop=BatchedLoop(),
         )
         self.ckpt_path = str(ckpt_path)
         self.state = state

@@ -28,7 +28,8 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """Ctrl+C, as a user would (LitServe then stops its workers); kill the group if that hangs.
+    """SIGINT to the main process, as Ctrl+C (serve.py then drains and stops its children); kill
+    the group if that hangs.
 
     The process must have been started with ``start_new_session=True``.
     """
