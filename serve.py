@@ -1,16 +1,31 @@
 """python serve.py [overrides] -- serve POST /classify over HTTP; see conf/serve.yaml."""
 
+import logging
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from imgclf.cli import run
 
+LOG_FORMAT = "%(asctime)s - %(processName)s[%(process)d] - %(name)s - %(levelname)s - %(message)s"
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
+    # A server's only output is its log, on stderr. LitServe's logger writes to the stdout of every
+    # process it starts, and uvicorn's access log to stdout too: point stdout at stderr, for this
+    # process and the ones it starts.
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    level = getattr(logging, str(cfg.log_level).upper(), logging.DEBUG)  # uvicorn's "trace" too
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     from imgclf.serving import serve
 
-    run(serve, cfg)
+    status = run(serve, cfg)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

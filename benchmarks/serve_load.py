@@ -1,6 +1,7 @@
 """Load-test ``python serve.py`` against the in-process predictor, side by side in one run.
 
     python benchmarks/serve_load.py [--pairs 16] [--rounds 4] [--precision bf16] [--image-size 299]
+                                    [--against REV]
 
 1. Builds a realistic Inception v3 ``model.ckpt`` in a temporary folder: 299 px, random weights,
    batch norm and last layer calibrated so that it answers like a trained model (see
@@ -14,6 +15,11 @@
    of the server's ``max_batch_size``; then concurrency 32 once.
 4. Times the model alone in fp32 and in bf16 + channels-last on the same batches, with top-1s.
 
+With ``--against REV`` a second server runs the code of git revision REV (say, before a change)
+on the same model, and each measurement of this tree's server is followed by the same one of
+that server, next to the same in-process measurement: a before/after comparison from one run.
+Each server is paused (SIGSTOP to its process group) while the other is measured.
+
 Prints a Markdown report and the goals: throughput at concurrency 8 >= 85 % of in-process, p50
 at concurrency 1 within 25 ms of in-process single-image latency, bf16 + channels-last >= 2.5x
 fp32 with equal top-1 answers, no failed request.
@@ -24,9 +30,11 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -53,9 +61,7 @@ CONCURRENCY = (1, 8, 32)
 BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with
 
 
-def synthetic_photos(
-    count: int, seed: int, size: tuple[int, int] = (500, 375)
-) -> list[Image.Image]:
+def synthetic_photos(count: int, seed: int, size: tuple[int, int] = (500, 375)) -> list[Image.Image]:
     """Smooth colour fields with grain: JPEG-sized work for the decoder, varied for the model."""
     rng = np.random.default_rng(seed)
     photos = []
@@ -74,9 +80,7 @@ def jpeg(image: Image.Image) -> bytes:
 
 
 @torch.no_grad()
-def calibrated_model(
-    image_size: int, uploads: list[bytes]
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+def calibrated_model(image_size: int, uploads: list[bytes]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Random Inception v3 that answers like a trained one: one class per upload, with margin.
 
     Untrained batch norm (mean 0, variance 1) lets activations grow to ~1e10 and gives every image
@@ -194,7 +198,22 @@ def drive(url: str, uploads: list[bytes], concurrency: int, requests: int) -> di
 # --- the server ----------------------------------------------------------------------------------
 
 
-def start_server(ckpt: Path, port: int, precision: str, log_path: Path) -> subprocess.Popen:
+def checkout(revision: str, folder: Path) -> Path:
+    """The files of git ``revision`` of this repository, in ``folder``."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", revision],
+        capture_output=True,
+        check=True,
+    ).stdout
+    folder.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def start_server(
+    ckpt: Path, port: int, precision: str, log_path: Path, root: Path = REPO_ROOT
+) -> subprocess.Popen:
     import httpx
 
     command = [
@@ -205,10 +224,11 @@ def start_server(ckpt: Path, port: int, precision: str, log_path: Path) -> subpr
         f"port={port}",
         f"precision={precision}",
     ]
+    env = dict(os.environ)
+    if root != REPO_ROOT:  # that revision's package, not the installed one
+        env["PYTHONPATH"] = str(root)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True
-        )
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=log, start_new_session=True, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -234,12 +254,8 @@ def precision_comparison(ckpt: Path, uploads: list[bytes], runs: int) -> list[di
     rows = []
     for name, precision, channels_last in variants:
         predictor = Predictor.from_file(ckpt, precision=precision, channels_last=channels_last)
-        batches = [
-            torch.stack([predictor.load(data) for data in batch]) for batch in batches_of(uploads)
-        ]
-        probabilities = torch.cat(
-            [predictor.predict_batch(batch) for batch in batches]
-        )  # also warms up
+        batches = [torch.stack([predictor.load(data) for data in batch]) for batch in batches_of(uploads)]
+        probabilities = torch.cat([predictor.predict_batch(batch) for batch in batches])  # also warms up
         rows.append(
             {
                 "name": name,
@@ -348,9 +364,7 @@ def precision_table(precisions: list[dict[str, Any]]) -> tuple[list[str], float,
             f"| {row['name']} | {row['seconds']:.2f} | {fp32['seconds'] / row['seconds']:.2f}x "
             f"| {same}/{len(row['top1'])} | {difference:.1e} |"
         )
-    lines.append(
-        f"\nfp32 names each upload's own class for {own_class}/{len(fp32['top1'])} of them."
-    )
+    lines.append(f"\nfp32 names each upload's own class for {own_class}/{len(fp32['top1'])} of them.")
     return lines, fp32["seconds"] / served["seconds"], bool((served["top1"] == fp32["top1"]).all())
 
 
@@ -399,37 +413,71 @@ def report(args, served: str, auto: str, pairs, rounds, loads, precisions) -> st
     return "\n\n".join("\n".join(section) for section in sections)
 
 
-def measure(args, predictor: Predictor, uploads: list[bytes], client, url: str):
-    loads: dict[int, list[dict[str, Any]]] = {c: [] for c in CONCURRENCY}
+def paused(servers: list[dict[str, Any]], active: dict[str, Any]):
+    """Pause every server but ``active`` (all of them for ``None``), so that only one runs."""
+    for server in servers:
+        if len(servers) > 1:
+            os.killpg(server["process"].pid, signal.SIGCONT if server is active else signal.SIGSTOP)
+
+
+def measure(args, predictor: Predictor, uploads: list[bytes], client, servers: list[dict[str, Any]]):
+    """Alternate in-process work with the same work through each server; results per server."""
+    for server in servers:
+        server.update(loads={c: [] for c in CONCURRENCY}, pairs=[], rounds=[])
     print(f"concurrency 1: {args.pairs} pairs ...", file=sys.stderr)
-    pairs = []
     for index in range(args.pairs):
         upload = [uploads[index % len(uploads)]]
+        paused(servers, None)
         in_process_ms = 1000 * timed(classify_uploads, predictor, upload)
-        load = client.submit(drive, url, upload, 1, 1).result()
-        loads[1].append(load)
-        if load["latencies"]:
-            pairs.append({"in_process_ms": in_process_ms, "server_ms": 1000 * load["latencies"][0]})
-    rounds = []
+        for server in servers:
+            paused(servers, server)
+            load = client.submit(drive, server["url"], upload, 1, 1).result()
+            server["loads"][1].append(load)
+            if load["latencies"]:
+                pair = {"in_process_ms": in_process_ms, "server_ms": 1000 * load["latencies"][0]}
+                server["pairs"].append(pair)
     for number in range(1, args.rounds + 1):
         print(f"concurrency 8: round {number}/{args.rounds} ...", file=sys.stderr)
-        entry = {"throughput": in_process_throughput(predictor, uploads)}
-        entry["load"] = client.submit(drive, url, uploads, 8, 4 * len(uploads)).result()
-        loads[8].append(entry["load"])
-        rounds.append(entry)
+        paused(servers, None)
+        throughput = in_process_throughput(predictor, uploads)
+        for server in servers:
+            paused(servers, server)
+            load = client.submit(drive, server["url"], uploads, 8, 4 * len(uploads)).result()
+            server["loads"][8].append(load)
+            server["rounds"].append({"throughput": throughput, "load": load})
     print("concurrency 32 ...", file=sys.stderr)
-    loads[32].append(client.submit(drive, url, uploads, 32, 2 * 32).result())
-    return pairs, rounds, loads
+    for server in servers:
+        paused(servers, server)
+        server["loads"][32].append(client.submit(drive, server["url"], uploads, 32, 2 * 32).result())
+    for server in servers:
+        paused(servers, server)  # running again, to be stopped
+
+
+def comparison(server: dict[str, Any]) -> str:
+    """The concurrency tables and the serving goals for the ``--against`` server."""
+    per_pair, gap = latency_table(server["pairs"])
+    per_round, share = throughput_table(server["rounds"])
+    failed = sum(len(run["errors"]) for runs in server["loads"].values() for run in runs)
+    goals = goal_lines(share, gap, 0.0, True, failed)
+    goals = [line for line in goals if "bf16" not in line]  # one model comparison, above
+    sections = [
+        [f"Against {server['name']}, measured in the same pairs and rounds:"],
+        per_pair,
+        per_round,
+        ["All its requests:"],
+        load_table(server["loads"]),
+        goals,
+    ]
+    return "\n\n".join("\n".join(section) for section in sections)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=int, default=299)
     parser.add_argument("--pairs", type=int, default=16, help="single requests at concurrency 1")
-    parser.add_argument(
-        "--rounds", type=int, default=4, help="rounds of 64 requests at concurrency 8"
-    )
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of 64 requests at concurrency 8")
     parser.add_argument("--precision", default="bf16", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--against", metavar="REV", help="also measure a server running git revision REV")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as folder:
@@ -441,22 +489,36 @@ def main() -> None:
         predictor = Predictor.from_file(ckpt, precision=args.precision)  # as the server's worker
         classify_uploads(predictor, uploads[:BATCH_SIZE])  # warm-up
 
-        port = free_port()
-        process = start_server(ckpt, port, args.precision, folder / "server.log")
+        roots = [("this tree", REPO_ROOT)]
+        if args.against:
+            roots.append((args.against, checkout(args.against, folder / "against")))
+        servers = []
         try:
+            for number, (name, root) in enumerate(roots):
+                port = free_port()
+                log_path = folder / f"server{number}.log"
+                process = start_server(ckpt, port, args.precision, log_path, root)
+                servers.append({"name": name, "url": f"http://127.0.0.1:{port}", "process": process})
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
-                url = f"http://127.0.0.1:{port}"
-                client.submit(drive, url, uploads, 2, 4).result()  # warm-up
-                pairs, rounds, loads = measure(args, predictor, uploads, client, url)
+                for server in servers:
+                    client.submit(drive, server["url"], uploads, 2, 4).result()  # warm-up
+                measure(args, predictor, uploads, client, servers)
         finally:
-            stop(process)
+            for server in servers:
+                os.killpg(server["process"].pid, signal.SIGCONT)
+                stop(server["process"])
+        ours = servers[0]
+        pairs, rounds, loads = ours["pairs"], ours["rounds"], ours["loads"]
 
         print("bf16 against fp32 ...", file=sys.stderr)
         precisions = precision_comparison(ckpt, uploads, runs=2)
         print(report(args, predictor.precision, auto_precision, pairs, rounds, loads, precisions))
-        for concurrency, runs in loads.items():
-            for error in [e for run in runs for e in run["errors"]][:3]:
-                print(f"failed at concurrency {concurrency}: {error}", file=sys.stderr)
+        for server in servers[1:]:
+            print("\n" + comparison(server))
+        for server in servers:
+            for concurrency, runs in server["loads"].items():
+                for error in [e for run in runs for e in run["errors"]][:3]:
+                    print(f"{server['name']} failed at concurrency {concurrency}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,64 +2,66 @@
 
 How a request travels, and why nothing a client sends can fail someone else's request:
 
-1. In the HTTP process, :class:`RequestGuard` answers requests that are not a multipart form or
-   that announce a body over the payload limit; LitServe's own size check stops bodies that lie
-   about their length; ``ClassifierAPI.authorize`` parses the form, so that a malformed multipart
-   body gets a 400 there.
-2. In the inference worker, :class:`AdaptiveBatchLoop` gathers requests into a batch, and
+1. In the HTTP process, :class:`imgclf.lifecycle.Admission` answers 503 while the server cannot
+   take the request (loading, draining, overloaded); :class:`RequestGuard` answers requests that
+   are not a multipart form or that announce a body over the payload limit; LitServe's own size
+   check stops bodies that lie about their length; ``ClassifierAPI.authorize`` parses the form,
+   so that a malformed multipart body gets a 400 there.
+2. In the inference worker, LitServe's own batching loop gathers requests into a batch, and
    ``decode_request`` decodes and preprocesses each one on its own, before the batch is stacked
    for the model, and never raises: a missing field or an undecodable image becomes a
    :class:`Rejection` that travels through the batch in its slot.
 3. ``predict`` runs the model once on the good images of the batch; ``encode_response`` turns each
    slot into its own answer, ``200`` with ranked predictions or ``4xx`` with the error.
 
-Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``.
+Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``, and
+carries the CORS headers (``cors_origins``) as every answer does.
 The server loads only the model file it was started with and never fetches anything a client
 names: the image bytes must be in the request.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
-import sys
-import time
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from queue import Empty, Queue
+from importlib import resources
 from typing import Any
 
 import litserve as ls
-import litserve.server
-import litserve.utils
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
-from litserve.loops.simple_loops import BatchedLoop
-from litserve.utils import LitAPIStatus, LoopResponseType
+from litserve.loops import BatchedLoop
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.config import LOGGING_CONFIG
 
 from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
 from imgclf.images import DEFAULT_MAX_PIXELS, load_image
+from imgclf.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor, end_children
 from imgclf.predict import Predictor
 
 log = logging.getLogger(__name__)
 
 API_PATH = "/classify"
 INFO_PATH = "/info"
+HEALTH_PATH = "/health"
 # LitServe's own /info (devices, workers, timeouts) moves aside for the model's.
 LITSERVE_INFO_PATH = "/info/litserve"
 BATCH_SIZE_HEADER = "X-Batch-Size"
+# LitServe checks its workers every monitor_internal seconds and, finding one dead, shuts down from
+# its monitoring thread, racing the Supervisor's own stop; the Supervisor watches them instead.
+NO_LITSERVE_MONITOR = 10**9
 HOSTS = ("0.0.0.0", "127.0.0.1", "::")
 ACCELERATORS = ("cpu", "cuda", "auto")
 USAGE = "send the image as a multipart form file field: curl -F img=@photo.jpg"
@@ -117,94 +119,29 @@ def image_bytes(form: Any) -> bytes:
     return upload.file.read()
 
 
-class AdaptiveBatchLoop(BatchedLoop):
-    """LitServe's batched loop, gathering each batch by how many requests the last one had.
-
-    LitServe's own gathering polls the request queue every millisecond, idle or not, and waits
-    out ``batch_timeout`` whenever a batch is not full, so a lone client pays the timeout on every
-    request; on a CPU shared with other work it kept a third of this loop's throughput
-    (docs/benchmarks.md). Here the worker blocks until a request arrives and takes everything
-    already queued. Then, never past ``batch_timeout`` after the first arrival, it waits for as
-    many requests as the last batch had and, after a batch of several, for more that follow
-    within ``STRAGGLER_GAP``: a lone client never waits, and eight steady clients keep meeting in
-    batches of eight rather than settling into 5 + 3.
-    """
-
-    STRAGGLER_GAP = 0.01  # seconds; clients answered together come back a few ms apart
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.expected = 1
-
-    def get_batch_requests(
-        self, lit_api: ls.LitAPI, request_queue: Queue, transport: Any
-    ) -> tuple[list, list]:
-        payloads: list = []
-        timed_out: list = []
-        request = self.take(request_queue, timeout=1.0)
-        deadline = time.monotonic() + lit_api.batch_timeout
-        while request is not None:
-            self.admit(request, lit_api, transport, payloads, timed_out)
-            if len(payloads) + len(timed_out) >= lit_api.max_batch_size:
-                break
-            request = self.take(request_queue, timeout=self.patience(len(payloads), deadline))
-        if payloads:
-            self.expected = len(payloads)
-        return payloads, timed_out
-
-    def patience(self, gathered: int, deadline: float) -> float:
-        """How long to wait for the next request, with ``gathered`` in hand."""
-        left = deadline - time.monotonic()
-        if gathered < self.expected:
-            return left
-        if self.expected > 1:
-            return min(left, self.STRAGGLER_GAP)
-        return 0.0
-
-    @staticmethod
-    def take(request_queue: Queue, timeout: float) -> tuple | None:
-        try:
-            request = request_queue.get(timeout=timeout) if timeout > 0 else request_queue.get_nowait()
-        except Empty:
-            return None
-        if request == _SENTINEL_VALUE:
-            raise _StopLoopError()
-        return request
-
-    def admit(
-        self, request: tuple, lit_api: ls.LitAPI, transport: Any, payloads: list, timed_out: list
-    ) -> None:
-        """As LitServe's ``collate_requests`` does: acknowledge, then batch or time out."""
-        response_queue_id, uid, timestamp, x_enc = request
-        self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
-        waited = time.monotonic() - timestamp
-        if lit_api.request_timeout not in (-1, False, None) and waited > lit_api.request_timeout:
-            timed_out.append((response_queue_id, uid))
-        else:
-            payloads.append((response_queue_id, uid, x_enc))
-
-
 class ClassifierAPI(ls.LitAPI):
     """One model file behind ``POST /classify``; the same :class:`Predictor` as classify.py."""
 
     def __init__(
         self,
         ckpt_path: str | os.PathLike,
+        state: ServingState,
         precision: str = "auto",
         channels_last: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
         max_batch_size: int = 8,
-        batch_timeout: float = 0.05,
+        batch_timeout: float = 0.01,
     ) -> None:
-        # The batched loop even for max_batch_size=1, so that rejections work the same way.
+        # LitServe's batched loop even for max_batch_size=1, so that rejections work the same way.
         super().__init__(
             max_batch_size=max_batch_size,
             batch_timeout=batch_timeout,
             api_path=API_PATH,
-            loop=AdaptiveBatchLoop(),
+            loop=BatchedLoop(),
         )
         self.ckpt_path = str(ckpt_path)
+        self.state = state
         self.precision = precision
         self.channels_last = channels_last
         self.max_pixels = int(max_pixels)
@@ -214,15 +151,34 @@ class ClassifierAPI(ls.LitAPI):
         self.resolved_precision = mp.get_context("spawn").Array("c", 32)
 
     def setup(self, device: str) -> None:
+        """Load the model in the background, so that the HTTP server is up, answering 503, meanwhile.
+
+        LitServe starts its HTTP processes only once ``setup`` has returned; until the model is
+        loaded :class:`~imgclf.lifecycle.Admission` keeps every request away from this worker.
+        """
+        # Ctrl+C in a terminal reaches every process of the group; the main process decides when
+        # workers stop, after the requests in flight are answered.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.predictor = Predictor.from_file(
-            self.ckpt_path,
-            precision=self.precision,
-            channels_last=self.channels_last,
-            device=device,
-        )
+        threading.Thread(target=self.load, args=(device,), name="load-model", daemon=True).start()
+
+    def load(self, device: str) -> None:
+        try:
+            self.predictor = Predictor.from_file(
+                self.ckpt_path,
+                precision=self.precision,
+                channels_last=self.channels_last,
+                device=device,
+            )
+        except Exception as exc:
+            if isinstance(exc, ImgclfError):
+                log.error("cannot load %s: %s", self.ckpt_path, exc)
+            else:
+                log.exception("cannot load %s", self.ckpt_path)
+            os._exit(1)  # the main process sees this worker die and stops the server
         self.resolved_precision.value = self.predictor.precision.encode()
+        self.state.model_loaded()
 
     async def authorize(self, request: Request) -> None:
         """Parse the form in the HTTP process, before LitServe's route handler does.
@@ -232,7 +188,7 @@ class ClassifierAPI(ls.LitAPI):
         as a 400; inside LitServe's handler it would become a 500. Taking this hook switches off
         LitServe's ``LIT_SERVER_API_KEY`` check, so it is repeated here.
         """
-        api_key = litserve.server.LIT_SERVER_API_KEY
+        api_key = os.environ.get("LIT_SERVER_API_KEY")
         if api_key and request.headers.get("X-API-Key") != api_key:
             raise HTTPException(401, "invalid or missing X-API-Key header")
         await request.form()
@@ -326,9 +282,10 @@ def install_error_handlers(app: FastAPI, max_bytes: int) -> None:
 
 
 def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
-    """What /info reports that does not change while serving; the precision is read live."""
+    """What /info reports that does not change while serving; precision and load are read live."""
     record = read_model(cfg.ckpt_path)  # also fails fast, in the main process, on a bad path
     return {
+        "backbone": record.get("architecture", {}).get("backbone"),
         "classes": list(record["classes"]),
         "hparams": record.get("hparams", {}),
         "model_path": os.path.abspath(cfg.ckpt_path),
@@ -339,6 +296,8 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
             "max_batch_size": api.max_batch_size,
             "batch_timeout": api.batch_timeout,
             "max_payload_mb": cfg.max_payload_mb,
+            "max_queue": cfg.max_queue,
+            "shutdown_timeout": cfg.shutdown_timeout,
         },
     }
 
@@ -346,9 +305,44 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
 def add_info_endpoint(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
     async def model_info_endpoint() -> dict[str, Any]:
         precision = api.resolved_precision.value.decode() or "loading"
-        return {**info, "precision": precision, "success": True}
+        live = {"ready": api.state.ready, "requests_in_flight": api.state.in_flight.value}
+        return {**info, "precision": precision, "server": {**info["server"], **live}, "success": True}
 
     app.add_api_route(INFO_PATH, model_info_endpoint, methods=["GET"])
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> JSONResponse:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
+        error = f"CORS preflight refused: {response.body.decode()}; see cors_origins in conf/serve.yaml"
+        return error_response(response.status_code, error, headers)
+
+
+def cors_middleware(origins: Sequence[str]) -> tuple[type, dict[str, Any]] | None:
+    """CORS for ``origins`` (``["*"]``: any web page may call the API, as the original allowed)."""
+    if not origins:
+        return None
+    return (
+        JSONCORSMiddleware,
+        {
+            "allow_origins": list(origins),
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["*"],
+            "expose_headers": [BATCH_SIZE_HEADER, "Retry-After"],
+            "max_age": 600,
+        },
+    )
+
+
+def page_html() -> str:
+    return resources.files("imgclf").joinpath("page.html").read_text(encoding="utf-8")
 
 
 def cpu_threads(cfg: Any) -> int | None:
@@ -365,20 +359,29 @@ def check_settings(cfg: Any) -> None:
         raise ImgclfError(f"accelerator={cfg.accelerator}: use one of {', '.join(ACCELERATORS)}")
     if cfg.accelerator == "cuda" and not torch.cuda.is_available():
         raise ImgclfError("accelerator=cuda, but PyTorch sees no CUDA device; use accelerator=cpu")
-    for key, low in (("max_batch_size", 1), ("workers_per_device", 1)):
+    for key, low in (("max_batch_size", 1), ("workers_per_device", 1), ("max_queue", 0)):
         if int(cfg[key]) < low:
             raise ImgclfError(f"{key}={cfg[key]}: use a whole number of at least {low}")
     if float(cfg.batch_timeout) < 0:
         raise ImgclfError(f"batch_timeout={cfg.batch_timeout}: use a number of seconds, e.g. 0.05")
+    if float(cfg.shutdown_timeout) < 0:
+        raise ImgclfError(f"shutdown_timeout={cfg.shutdown_timeout}: use a number of seconds, e.g. 30")
     if float(cfg.max_payload_mb) <= 0:
         raise ImgclfError(f"max_payload_mb={cfg.max_payload_mb}: use a positive number")
+    if isinstance(cfg.cors_origins, str):
+        raise ImgclfError(f"cors_origins={cfg.cors_origins}: give a list, e.g. 'cors_origins=[\"*\"]'")
 
 
 def build_server(cfg: Any) -> ls.LitServer:
-    """The configured :class:`litserve.LitServer`, not yet running (see conf/serve.yaml)."""
+    """The configured :class:`litserve.LitServer`, not yet running (see conf/serve.yaml).
+
+    Its :class:`~imgclf.lifecycle.ServingState` is ``server.lit_api.state``.
+    """
     check_settings(cfg)
+    state = ServingState(workers=1, max_in_flight=1)  # sized below, once LitServe knows its devices
     api = ClassifierAPI(
         cfg.ckpt_path,
+        state,
         precision=cfg.precision,
         channels_last=cfg.channels_last,
         max_pixels=cfg.max_image_pixels,
@@ -388,31 +391,36 @@ def build_server(cfg: Any) -> ls.LitServer:
     )
     info = model_info(cfg, api)
     max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
+    # Starlette runs the last of these first: CORS, then admission, then the request checks.
+    middlewares = [
+        (RequestGuard, {"path": API_PATH, "max_bytes": max_bytes}),
+        (
+            Admission,
+            {"state": state, "api_path": API_PATH, "health_path": HEALTH_PATH, "page": page_html()},
+        ),
+    ]
+    cors = cors_middleware(list(cfg.cors_origins))
+    if cors:
+        middlewares.append(cors)
     server = ls.LitServer(
         api,
         accelerator=cfg.accelerator,
         workers_per_device=cfg.workers_per_device,
         timeout=cfg.timeout,
         max_payload_size=max_bytes,
+        healthcheck_path=HEALTH_PATH,
         info_path=LITSERVE_INFO_PATH,
         fast_queue=cfg.fast_queue,
+        middlewares=middlewares,
     )
+    server.monitor_internal = NO_LITSERVE_MONITOR
+    # How long uvicorn lets requests finish once stopped, Ctrl+C in a terminal stopping it directly.
+    server.uvicorn_graceful_timeout = float(cfg.shutdown_timeout) + 5
+    state.workers = len(server.devices) * int(cfg.workers_per_device)
+    state.max_in_flight = int(cfg.max_queue) + state.workers * int(cfg.max_batch_size)
     install_error_handlers(server.app, max_bytes)
     add_info_endpoint(server.app, info, api)
-    server.app.add_middleware(RequestGuard, path=API_PATH, max_bytes=max_bytes)
     return server
-
-
-def log_to_stderr() -> None:
-    """Point LitServe's logger, which ``LitServer.run`` sends to stdout, at stderr."""
-    litserve.server.configure_logging = functools.partial(litserve.utils.configure_logging, stream=sys.stderr)
-
-
-def uvicorn_log_config() -> dict[str, Any]:
-    """Uvicorn's logging, with the access log on stderr instead of stdout."""
-    handlers = {name: dict(handler) for name, handler in LOGGING_CONFIG["handlers"].items()}
-    handlers["access"]["stream"] = "ext://sys.stderr"
-    return {**LOGGING_CONFIG, "handlers": handlers}
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -428,17 +436,34 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def serve(cfg: Any) -> None:
-    """Run the server until interrupted."""
+def serve(cfg: Any) -> int:
+    """Run the server until SIGTERM or SIGINT (0) or the death of an inference worker (3).
+
+    Whatever ends it, no child process outlives this function.
+    """
     server = build_server(cfg)
     check_port_free(cfg.host, cfg.port)
-    log_to_stderr()
-    server.run(
-        host=cfg.host,
-        port=cfg.port,
-        num_api_servers=cfg.num_api_servers,
-        log_level=cfg.log_level,
-        generate_client_file=False,
-        access_log=cfg.access_log,
-        log_config=uvicorn_log_config(),
-    )
+    state = server.lit_api.state
+    supervisor = Supervisor(state, shutdown_timeout=float(cfg.shutdown_timeout))
+    supervisor.install()
+    supervisor.watch(lambda: getattr(server, "inference_workers", []), expected=state.workers)
+    try:
+        server.run(
+            host=cfg.host,
+            port=cfg.port,
+            num_api_servers=cfg.num_api_servers,
+            log_level=cfg.log_level,
+            generate_client_file=False,
+            access_log=cfg.access_log,
+        )
+    except KeyboardInterrupt:
+        pass  # a stop before LitServe's run() reached the point where it catches it itself
+    except Exception:
+        if supervisor.failure is None:
+            raise
+    finally:
+        end_children()
+    if supervisor.failure is not None:
+        return WORKER_DIED
+    log.info("stopped")
+    return 0

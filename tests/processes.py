@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import subprocess
+import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -15,8 +17,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """Ctrl+C, as a user would (LitServe then stops its workers); kill the group if that hangs.
+    """SIGINT to the main process, as Ctrl+C (serve.py then drains and stops its children); kill
+    the group if that hangs.
 
     The process must have been started with ``start_new_session=True``.
     """
@@ -27,3 +40,77 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def living_group_members(pgid: int) -> list[str]:
+    """``pid command`` of every process of group ``pgid`` that is still running (Linux /proc).
+
+    Zombies are left out: they have exited, and whoever adopted them reaps them in its own time.
+    """
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        state, _ppid, group = text[text.rindex(")") + 2 :].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(f"{stat.parent.name} {command.strip()}")
+    return members
+
+
+def wait_for_group_to_end(pgid: int, timeout: float = 60) -> list[str]:
+    """Wait until no process of the group runs; what still runs at ``timeout`` is returned."""
+    deadline = time.monotonic() + timeout
+    while (members := living_group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return members
+
+
+class HeldUpload:
+    """A ``POST /classify`` whose body stops halfway until :meth:`finish`: a request in flight for
+    as long as a test needs one, without a slow model.
+    """
+
+    BOUNDARY = "heldupload"
+
+    def __init__(self, url: str, image: bytes, timeout: float = 300) -> None:
+        import threading
+
+        import httpx
+
+        self.release = threading.Event()
+        self.response: httpx.Response | None = None
+        self.error: Exception | None = None
+        head = (
+            f'--{self.BOUNDARY}\r\nContent-Disposition: form-data; name="img"; filename="held.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        half = len(image) // 2
+        self.parts = (head + image[:half], image[half:] + f"\r\n--{self.BOUNDARY}--\r\n".encode())
+        self.thread = threading.Thread(target=self.post, args=(url, timeout), daemon=True)
+        self.thread.start()
+
+    def body(self):
+        yield self.parts[0]
+        self.release.wait()
+        yield self.parts[1]
+
+    def post(self, url: str, timeout: float) -> None:
+        import httpx
+
+        headers = {"content-type": f"multipart/form-data; boundary={self.BOUNDARY}"}
+        try:
+            self.response = httpx.post(
+                f"{url}/classify", content=self.body(), headers=headers, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            self.error = exc
+
+    def finish(self):
+        self.release.set()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.response

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,9 +25,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose, run_script
 from PIL import Image
-from processes import free_port, stop
+from processes import HeldUpload, free_port, stop
 
 MAX_BATCH = 4
+MAX_QUEUE = 2
 PAYLOAD_MB = 1
 
 
@@ -59,6 +61,7 @@ def server(model_path, tmp_path_factory) -> Iterator[dict[str, Any]]:
         "host=127.0.0.1",
         f"port={port}",
         f"max_batch_size={MAX_BATCH}",
+        f"max_queue={MAX_QUEUE}",
         f"max_payload_mb={PAYLOAD_MB}",
     ]
     with open(log_path, "wb") as log, open(stdout_path, "wb") as stdout:
@@ -68,8 +71,12 @@ def server(model_path, tmp_path_factory) -> Iterator[dict[str, Any]]:
         wait_until_healthy(process, url, log_path)
         yield {"url": url, "process": process, "log": log_path}
     finally:
-        stop(process)
-    assert stdout_path.read_text() == "", "the server wrote to stdout, which it keeps clean"
+        stop(process)  # Ctrl+C: drains and exits 0, as SIGTERM does
+    assert process.returncode == 0, log_path.read_text()[-3000:]
+    log_text = log_path.read_text()
+    # LitServe's and uvicorn's lines, which they would write to stdout, are in the log on stderr.
+    assert "Shutting down LitServe" in log_text and '"GET /health HTTP/1.1" 200' in log_text
+    assert stdout_path.read_text() == ""
 
 
 def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
@@ -133,11 +140,13 @@ def test_health_and_info(client, model_path):
     assert health.status_code == 200 and health.text == "ok"
     info = client.get("/info").json()
     assert info["success"] is True
+    assert info["backbone"] == "inception_v3"
     assert info["classes"] == ["0", "1", "7"]
     assert info["model_path"] == str(model_path.resolve())
     assert info["hparams"]["image_size"] == 75
     assert info["precision"] in ("bf16-mixed", "32-true")
     assert info["server"]["max_batch_size"] == MAX_BATCH
+    assert info["server"]["ready"] is True and info["server"]["requests_in_flight"] == 0
 
 
 def test_response_schema_and_order(client, digits):
@@ -301,6 +310,122 @@ def test_other_routes_answer_json(client):
     assert_error(client.get("/no/such/page"), 404)
 
 
+def test_overload_gets_503_at_once(server, client, digits):
+    """Past max_queue waiting requests (beyond a batch for the worker), 503 at once, then served."""
+    limit = MAX_QUEUE + MAX_BATCH
+    held = [HeldUpload(server["url"], encode(digits["7"])) for _ in range(limit)]
+    deadline = time.monotonic() + 120
+    while client.get("/info").json()["server"]["requests_in_flight"] < limit:
+        assert time.monotonic() < deadline, "the held uploads never all reached the server"
+        time.sleep(0.05)
+    for _ in range(3):
+        response = classify(client, encode(digits["1"]))
+        assert "busy" in assert_error(response, 503)
+        assert int(response.headers["retry-after"]) > 0
+    assert client.get("/health").status_code == 200  # busy, not unready
+    for upload in held:
+        assert probabilities(upload.finish())
+    assert probabilities(classify(client, encode(digits["1"])))
+
+
+# --- browsers: CORS and the page at / ---------------------------------------------------------
+
+ORIGIN = {"Origin": "http://elsewhere.test"}
+
+
+def test_cors_for_any_origin(client, digits):
+    info = client.get("/info", headers=ORIGIN)
+    assert info.headers["access-control-allow-origin"] == "*"
+    preflight = client.options(
+        "/classify",
+        headers={
+            **ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    answer = client.post("/classify", files={"img": ("a.png", encode(digits["7"]))}, headers=ORIGIN)
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "x-batch-size" in answer.headers["access-control-expose-headers"].lower()
+    # errors carry the header too, so that a page can read what went wrong
+    for error in (
+        client.post("/classify", json={"img": "x"}, headers=ORIGIN),
+        client.post("/classify", files={"img": ("a.txt", b"text")}, headers=ORIGIN),
+    ):
+        assert error.status_code in (400, 415)
+        assert error.headers["access-control-allow-origin"] == "*"
+
+
+def chromium(playwright, path: str):
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+    ]
+    return playwright.chromium.launch(executable_path=path, headless=True, args=args)
+
+
+def test_page_classifies_an_upload_in_chromium(server, client, digits, chromium_path, tmp_path):
+    """The page at /, in a real browser: choose a file, see the ranked bars /classify answered."""
+    from playwright.sync_api import sync_playwright
+
+    upload = tmp_path / "seven.png"
+    upload.write_bytes(encode(digits["7"]))
+    expected = classify(client, upload.read_bytes()).json()["predictions"]
+    with sync_playwright() as playwright:
+        browser = chromium(playwright, chromium_path)
+        page = browser.new_page()
+        page.goto(server["url"] + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('inception_v3')")
+        assert "3 classes: 0, 1, 7" in page.inner_text("#model")
+        page.set_input_files("#file", str(upload))
+        page.wait_for_selector(".prediction")
+        labels = page.locator(".prediction .label").all_inner_texts()
+        values = page.locator(".prediction .value").all_inner_texts()
+        widths = page.locator(".prediction .fill").evaluate_all("els => els.map(e => e.style.width)")
+        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"no image"})
+        page.wait_for_function("document.getElementById('status').className === 'error'")
+        error = page.inner_text("#status")
+        browser.close()
+    assert labels == [p["label"] for p in expected]
+    assert values == [f"{100 * p['probability']:.1f} %" for p in expected]
+    assert widths == [f"{100 * p['probability']:.1f}%" for p in expected]
+    assert "(400)" in error
+
+
+def test_a_page_on_another_origin_can_call_the_api(server, digits, chromium_path):
+    """CORS as a browser enforces it: a page of another origin posts an image and reads the answer."""
+    from playwright.sync_api import sync_playwright
+
+    image = list(encode(digits["0"]))
+    with sync_playwright() as playwright:
+        browser = chromium(playwright, chromium_path)
+        page = browser.new_page()
+        # The same server under another name is another origin. (A page made up by the browser, or
+        # from a public address, may not reach a loopback address at all, CORS or not.)
+        page.goto(server["url"].replace("127.0.0.1", "localhost") + "/")
+        answer = page.evaluate(
+            """async ([url, bytes]) => {
+                const form = new FormData();
+                form.append("img", new Blob([new Uint8Array(bytes)], {type: "image/png"}), "zero.png");
+                const response = await fetch(url + "/classify", {method: "POST", body: form});
+                return {status: response.status, batch: response.headers.get("X-Batch-Size"),
+                        body: await response.json()};
+            }""",
+            [server["url"], image],
+        )
+        browser.close()
+    assert answer["status"] == 200 and answer["body"]["success"] is True
+    assert answer["batch"] is not None
+    assert sorted(p["label"] for p in answer["body"]["predictions"]) == ["0", "1", "7"]
+
+
 def test_payload_limit(client):
     big = os.urandom(PAYLOAD_MB * 1024 * 1024 + 1)
     assert "limit" in assert_error(classify(client, big), 413)
@@ -376,6 +501,7 @@ def test_config_defaults(tmp_path):
     cfg = compose("serve", output_dir=tmp_path)
     assert cfg.ckpt_path == "data/trained_model/model.ckpt"
     assert (cfg.port, cfg.max_payload_mb, cfg.precision) == (5000, 20, "auto")
+    assert (cfg.max_queue, cfg.shutdown_timeout, list(cfg.cors_origins)) == (64, 30, ["*"])
 
 
 def test_missing_model_fails_before_serving(tmp_path):
@@ -419,6 +545,9 @@ def test_missing_model_is_one_line_on_stderr(tmp_path):
         "max_batch_size=0",
         "workers_per_device=0",
         "batch_timeout=-1",
+        "max_queue=-1",
+        "shutdown_timeout=-5",
+        "cors_origins=*",
     ],
 )
 def test_bad_settings_are_user_errors(tmp_path, override):
@@ -435,3 +564,52 @@ def test_cpu_workers_share_the_cores(tmp_path):
     assert cpu_threads(compose("serve", [], output_dir=tmp_path)) is None
     two = compose("serve", ["workers_per_device=2"], output_dir=tmp_path)
     assert cpu_threads(two) == max(1, os.cpu_count() // 2)
+
+
+# --- deployment files: the README's Dockerfile and systemd unit match the code -------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    lines = [
+        line for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")
+    ]
+    return [(line.split(None, 1)[0], line.split(None, 1)[1].strip()) for line in lines]
+
+
+def test_dockerfile_runs_serve_py_on_the_configured_port(tmp_path):
+    from imgclf.serving import HEALTH_PATH
+
+    cfg = compose("serve", output_dir=tmp_path)
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert f"```dockerfile\n{text}```" in (REPO_ROOT / "README.md").read_text()
+    steps = dockerfile_instructions(text)
+    found = {name: value for name, value in steps}
+    assert re.fullmatch(r"python:3\.\d+-slim", found["FROM"])
+    assert json.loads(found["ENTRYPOINT"]) == ["python", "serve.py"]
+    assert found["EXPOSE"] == str(cfg.port)
+    assert found["STOPSIGNAL"] == "SIGTERM"
+    probe = json.loads(found["HEALTHCHECK"].split("CMD", 1)[1])
+    assert f"http://127.0.0.1:{cfg.port}{HEALTH_PATH}" in probe[-1]
+    runs = [value for name, value in steps if name == "RUN"]
+    assert any("pip install torch torchvision --index-url" in run for run in runs)  # the CPU wheels
+    copied = " ".join(value for name, value in steps if name == "COPY")
+    assert all(path in copied for path in ("serve.py", "conf", "imgclf", "pyproject.toml"))
+
+
+def test_systemd_unit_stops_with_sigterm_and_restarts_on_worker_death(tmp_path):
+    import configparser
+
+    from imgclf.lifecycle import WORKER_DIED
+
+    cfg = compose("serve", output_dir=tmp_path)
+    text = (REPO_ROOT / "deploy" / "imgclf-serve.service").read_text()
+    assert f"```ini\n{text}```" in (REPO_ROOT / "README.md").read_text()
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.optionxform = str
+    unit.read_string(text)
+    service = unit["Service"]
+    assert service["ExecStart"].split()[1:3] == ["serve.py", f"port={cfg.port}"]
+    assert (service["KillSignal"], service["KillMode"]) == ("SIGTERM", "mixed")
+    assert float(service["TimeoutStopSec"]) > cfg.shutdown_timeout
+    assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "2"
+    assert WORKER_DIED != 2

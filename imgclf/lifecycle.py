@@ -1,0 +1,295 @@
+"""The server's life under a process manager: readiness, overload, drain on SIGTERM, a dead worker.
+
+``python serve.py`` is three kinds of process: the main one (LitServe's ``LitServer.run``), the
+HTTP processes it forks, and the inference workers it spawns. What they share lives here, in
+shared memory:
+
+- the *phase*, written by the main process only: serving, draining (after SIGTERM or SIGINT),
+  stopping (the drain ran out of time) or failed (an inference worker died);
+- how many inference workers have loaded the model (each adds one when it is done);
+- how many ``/classify`` requests the HTTP processes have admitted and not yet answered.
+
+:class:`Admission`, the outermost middleware of ours, answers from that state in the HTTP
+processes; :class:`Supervisor` changes it in the main process, on a signal or a worker's death.
+A stop always ends in LitServe's own shutdown (the one Ctrl+C starts), then a sweep that ends any
+child process still there, so that nothing outlives the main process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+SERVING, DRAINING, STOPPING, FAILED = 0, 1, 2, 3
+# Exit status after an inference worker died: not 2 (a configuration error, which a restart
+# cannot fix), so that a process manager can restart on 3 and give up on 2.
+WORKER_DIED = 3
+# How often a request waiting for the model checks that a worker is still there to answer it.
+WATCH_PERIOD = 0.2
+# Longest the main process waits, once it gives up on the requests in flight, for them to get their
+# 503 (see Admission.answer_unless_abandoned).
+ABANDON_WAIT = 5.0
+
+
+def unavailable(error: str, retry_after: int, close: bool = False) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)}
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse({"success": False, "error": error}, status_code=503, headers=headers)
+
+
+class ServingState:
+    """The phase, the loaded workers and the requests in flight, shared by every process."""
+
+    def __init__(self, workers: int, max_in_flight: int) -> None:
+        spawn = mp.get_context("spawn")  # the inference workers are spawned; the rest is forked
+        self.workers = workers
+        self.max_in_flight = max_in_flight
+        self.phase = spawn.RawValue("i", SERVING)
+        self.loaded = spawn.Value("i", 0)
+        self.in_flight = spawn.Value("i", 0)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase.value == SERVING and self.loaded.value >= self.workers
+
+    def model_loaded(self) -> None:
+        with self.loaded.get_lock():
+            self.loaded.value += 1
+
+    def enter(self) -> bool:
+        """Admit one more request unless ``max_in_flight`` are already waiting or running."""
+        with self.in_flight.get_lock():
+            if self.in_flight.value >= self.max_in_flight:
+                return False
+            self.in_flight.value += 1
+            return True
+
+    def leave(self) -> None:
+        with self.in_flight.get_lock():
+            self.in_flight.value -= 1
+
+
+class Admission:
+    """Decides, in the HTTP process, which requests reach LitServe, from :class:`ServingState`.
+
+    ``GET /health`` is 200 ``ok`` only while every worker has its model loaded and none has died;
+    otherwise 503. ``POST /classify`` gets a 503 at once while the model loads, during a drain,
+    after a worker died, and when ``max_in_flight`` requests are already in the server; a request
+    still waiting when a worker dies, or when the drain runs out of time, gets a 503 rather than
+    waiting for ever. Every 503 is JSON with a ``Retry-After``. ``GET /`` is the page to try the
+    model (``page``).
+    """
+
+    def __init__(self, app: ASGIApp, state: ServingState, api_path: str, health_path: str, page: str) -> None:
+        self.app = app
+        self.state = state
+        self.api_path = api_path
+        self.health_path = health_path
+        self.page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if path == self.api_path and method == "POST":
+            await self.classify(scope, receive, send)
+        elif path == self.health_path and method == "GET":
+            await self.health()(scope, receive, send)
+        elif path == "/" and method == "GET":
+            # LitServe answers "/" with a line of text; the page takes its place.
+            await HTMLResponse(self.page)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def refusal(self) -> JSONResponse | None:
+        """Why no request can be taken now, or None."""
+        phase = self.state.phase.value
+        if phase == DRAINING:
+            return unavailable("the server is shutting down; retry on another instance", 5, close=True)
+        if phase == STOPPING:
+            return unavailable(
+                "the server stopped before answering; retry on another instance", 5, close=True
+            )
+        if phase == FAILED:
+            return unavailable("the inference worker died; the server is restarting, retry", 5, close=True)
+        if self.state.loaded.value < self.state.workers:
+            return unavailable("the model is still loading; retry in a few seconds", 5)
+        return None
+
+    def health(self) -> PlainTextResponse | JSONResponse:
+        return self.refusal() or PlainTextResponse("ok")
+
+    async def classify(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self.refusal()
+        if refusal is None and not self.state.enter():
+            refusal = unavailable(
+                f"the server is busy ({self.state.max_in_flight} requests in it); retry shortly", 1
+            )
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        try:
+            await self.answer_unless_abandoned(scope, receive, send)
+        finally:
+            self.state.leave()
+
+    async def answer_unless_abandoned(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request; if the server gives up on it first (stopping, failed), answer 503.
+
+        LitServe waits for a worker's answer without a deadline, and a dead worker never answers.
+        """
+        started = False
+
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, receive, send_tracked))
+        try:
+            while not handler.done():
+                await asyncio.wait([handler], timeout=WATCH_PERIOD)
+                abandoned = self.state.phase.value in (STOPPING, FAILED)
+                if abandoned and not handler.done() and not started:
+                    handler.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await handler
+                    await self.refusal()(scope, receive, send)
+                    return
+        except asyncio.CancelledError:
+            handler.cancel()
+            raise
+        handler.result()
+
+
+def describe_exit(process: mp.process.BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the out-of-memory killer, or kill -9)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"
+
+
+class Supervisor:
+    """The main process's part: SIGTERM/SIGINT drain, a watch over the inference workers.
+
+    LitServe's ``run`` blocks the main thread until a KeyboardInterrupt, and LitServe itself does
+    nothing on SIGTERM, so the process managers' stop signal left its children running. Here both
+    signals drain: new requests get 503, those in flight finish (up to ``shutdown_timeout``
+    seconds, after which they get a 503), then the KeyboardInterrupt starts LitServe's own
+    shutdown. A second signal stops the wait.
+
+    A worker that dies (out of memory, a crash in a native library) takes the requests it held
+    with it and leaves nothing to answer the rest, so the server stops, with one log line naming
+    the cause and exit status :data:`WORKER_DIED`, for the process manager to start a fresh one;
+    its requests in flight get a 503 first. LitServe's own restart would leave those requests
+    waiting for ever.
+    """
+
+    def __init__(self, state: ServingState, shutdown_timeout: float) -> None:
+        self.state = state
+        self.shutdown_timeout = shutdown_timeout
+        self.pid = os.getpid()
+        self.stopping = False
+        self.hurry = False
+        self.failure: str | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.on_signal)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:
+            # A forked child (LitServe's HTTP processes and its manager inherit this handler):
+            # behave as if it had never been installed.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.stopping:
+            self.hurry = True
+            return
+        self.stopping = True
+        if self.failure is None:
+            self.drain(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    def drain(self, reason: str) -> None:
+        self.state.phase.value = DRAINING
+        deadline = time.monotonic() + self.shutdown_timeout
+        waiting = self.state.in_flight.value
+        log.info(
+            "%s: refusing new requests, finishing %d in flight (up to %gs)",
+            reason,
+            waiting,
+            self.shutdown_timeout,
+        )
+        while self.state.in_flight.value > 0 and time.monotonic() < deadline and not self.hurry:
+            time.sleep(0.05)
+        if self.state.in_flight.value > 0:
+            log.warning("stopping with %d requests unanswered; they get 503", self.state.in_flight.value)
+            self.abandon(STOPPING)
+
+    def abandon(self, phase: int) -> None:
+        """Have the HTTP processes answer 503 to every request still waiting, and wait for that."""
+        self.state.phase.value = phase
+        deadline = time.monotonic() + ABANDON_WAIT
+        while self.state.in_flight.value > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def watch(self, workers: Callable[[], list[mp.process.BaseProcess]], expected: int) -> None:
+        """Start a thread that stops the server when an inference worker dies."""
+        thread = threading.Thread(
+            target=self._watch, args=(workers, expected), name="worker-watch", daemon=True
+        )
+        thread.start()
+
+    def _watch(self, workers: Callable[[], list[mp.process.BaseProcess]], expected: int) -> None:
+        while len(workers()) < expected:
+            if self.stopping:
+                return
+            time.sleep(0.1)
+        processes = list(workers())
+        ready = mp.connection.wait([process.sentinel for process in processes])
+        if self.stopping:
+            return  # LitServe stopping its workers, not a failure
+        dead = next(process for process in processes if process.sentinel in ready)
+        dead.join(5)  # the sentinel is ready as the process exits, a moment before its status
+        index = processes.index(dead)
+        self.failure = f"inference worker {index} (pid {dead.pid}) {describe_exit(dead)}"
+        log.error(
+            "%s; stopping the server (exit status %d) for the process manager to restart it",
+            self.failure,
+            WORKER_DIED,
+        )
+        self.abandon(FAILED)
+        # LitServe's shutdown runs in the main thread, where its run() waits.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+
+def end_children(timeout: float = 10) -> None:
+    """Stop any child process still running, so that none outlives the main process."""
+    children = mp.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout)
+        if child.is_alive():
+            log.warning("child process %s (pid %d) ignored SIGTERM; killing it", child.name, child.pid)
+            child.kill()
+            child.join()
