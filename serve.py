@@ -12,7 +12,7 @@ from imgclf.cli import run
 LOG_FORMAT = "%(asctime)s - %(processName)s[%(process)d] - %(name)s - %(levelname)s - %(message)s"
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
+@hydra.main(config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     # A server's only output is its log, on stderr. LitServe's logger writes to the stdout of every
     # process it starts, and uvicorn's access log to stdout too: point stdout at stderr, for this

@@ -45,15 +45,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from imgclf.checkpoint import model_record, save_model
+from imgclf.checkpoint import export_model
+from imgclf.hardware import describe_machine
 from imgclf.images import load_image
-from imgclf.model import build_classifier, preprocessing_for
+from imgclf.model import ImageClassifier
 from imgclf.predict import Predictor
 from imgclf.transforms import eval_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+INCEPTION = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/backbone/inception_v3.yaml"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the server helpers live with the tests
 from processes import free_port, stop  # noqa: E402
 
@@ -90,12 +93,12 @@ def calibrated_model(image_size: int, uploads: list[bytes]) -> tuple[torch.nn.Mo
     margin, as a trained model is about the images it knows.
     """
     torch.manual_seed(0)
-    model = build_classifier(len(uploads), pretrained=False)
+    model = ImageClassifier(INCEPTION, len(uploads), image_size=image_size)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
             module.momentum = None  # a plain average over the calibration pass
-    preprocessing = preprocessing_for(image_size)
+    preprocessing = model.preprocessing
     transform = eval_transform(preprocessing)
     images = torch.stack([transform(load_image(data)) for data in uploads])
     model.train()(images)
@@ -118,7 +121,7 @@ def write_model(folder: Path, image_size: int, uploads: list[bytes]) -> Path:
     model, preprocessing = calibrated_model(image_size, uploads)
     classes = [f"photo_{i:02d}" for i in range(len(uploads))]
     hparams = {"note": "benchmark model: random weights, calibrated", "image_size": image_size}
-    return save_model(model_record(model, classes, preprocessing, hparams), folder / "model.ckpt")
+    return export_model(model, classes, folder / "model.ckpt", hparams)
 
 
 def timed(function, *args) -> float:
@@ -394,7 +397,7 @@ def report(args, served: str, auto: str, pairs, rounds, loads, precisions) -> st
     header = (
         f"Model: Inception v3, {args.image_size} px, {classes} classes, random calibrated weights. "
         f"Server and in-process predictor run {served}, max_batch_size {BATCH_SIZE}; "
-        f"{os.cpu_count()} CPU cores; torch {torch.__version__}. "
+        f"{describe_machine()}. "
         f"precision=auto would choose {auto} for this model (it checks on synthetic probe images)."
     )
     sections = [

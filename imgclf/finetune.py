@@ -11,8 +11,10 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+
+# BatchNorm in every form (SyncBatchNorm under DDP with sync_batchnorm)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def top_blocks(backbone: nn.Module, names: Sequence[str]) -> list[nn.Module]:
@@ -63,7 +65,7 @@ class StagedFineTuning(BaseFinetuning):
             # make_trainable also flags BatchNorm layers trainable though they are not in the
             # optimizer: gradients computed for nothing, and statistics drifting in train mode.
             for module in self.flatten_modules(modules):
-                if isinstance(module, _BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     self.freeze_module(module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
