@@ -285,7 +285,8 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
     """What /info reports that does not change while serving; precision and load are read live."""
     record = read_model(cfg.ckpt_path)  # also fails fast, in the main process, on a bad path
     return {
-        "backbone": record.get("architecture", {}).get("backbone"),
+        "backbone": record["architecture"]["backbone"]["name"],
+        "image_size": record["architecture"]["image_size"],
         "classes": list(record["classes"]),
         "hparams": record.get("hparams", {}),
         "model_path": os.path.abspath(cfg.ckpt_path),

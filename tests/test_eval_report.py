@@ -141,7 +141,9 @@ def test_report_math_on_known_arrays():
     logits = rng.normal(size=(400, 4)) * 3
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     targets = np.where(rng.random(400) < 0.6, probabilities.argmax(1), rng.integers(0, 4, 400))
-    result = classification_metrics(torch.as_tensor(probabilities).float(), torch.as_tensor(targets), "abcd", 10)
+    result = classification_metrics(
+        torch.as_tensor(probabilities).float(), torch.as_tensor(targets), "abcd", 10
+    )
     ece = expected_calibration_error(probabilities, targets, 10)
     assert result["calibration"]["ece"] == pytest.approx(ece, abs=1e-5)
     assert result["calibration"]["ece"] > 0.01

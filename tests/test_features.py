@@ -19,9 +19,9 @@ from torchvision.models import inception_v3
 from imgclf.checkpoint import read_model
 from imgclf.data import ImageFolderDataModule
 from imgclf.features import FeatureExtraction
-from imgclf.store import FeatureStore, StoreSampler
 from imgclf.model import ImageClassifier
 from imgclf.predict import backbone_forward
+from imgclf.store import FeatureStore, StoreSampler
 from imgclf.train import train
 
 INCEPTION = backbone_config("inception_v3")

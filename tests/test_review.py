@@ -247,12 +247,25 @@ def test_backbone_features_path_runs(tmp_path, small_digits_root):
 def test_a_pixel_review_starts_without_lightning(tmp_path, small_digits_root):
     """Pixel features need neither a network nor Lightning: the review starts in seconds."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "scripts/review.py", f"data.root={small_digits_root}",
-         "labels.features=pixels", f"report_dir={tmp_path / 'report'}", f"paths.log_dir={tmp_path / 'logs'}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "scripts/review.py",
+            f"data.root={small_digits_root}",
+            "labels.features=pixels",
+            f"report_dir={tmp_path / 'report'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reviewed 90 images" in result.stdout
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
     assert "imgclf.review.run" in imported
     assert not any(name.split(".")[0] in ("pytorch_lightning", "lightning") for name in imported)

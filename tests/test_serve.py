@@ -40,13 +40,18 @@ def model_path(tiny_model, tmp_path_factory) -> Path:
     float32, which would make every comparison below pass whatever the pixels; scaled, the same
     network gives probabilities that move with every pixel.
     """
-    from imgclf.checkpoint import read_model, save_model
+    import torch
 
-    record = read_model(tiny_model)
-    head = [key for key in record["state_dict"] if key.startswith("head.")]
-    for key in head[-2:]:  # the last Linear's weight and bias
-        record["state_dict"][key] = record["state_dict"][key] / 1000
-    return save_model(record, tmp_path_factory.mktemp("serve_model") / "model.ckpt")
+    from imgclf.checkpoint import export_model, load_model
+
+    model, record = load_model(tiny_model)
+    last = model.head.layers[-1]
+    with torch.no_grad():
+        last.weight /= 1000
+        last.bias /= 1000
+    return export_model(
+        model, record["classes"], tmp_path_factory.mktemp("serve_model") / "model.ckpt", record["hparams"]
+    )
 
 
 @pytest.fixture(scope="module")

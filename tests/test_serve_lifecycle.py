@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, backbone_config
 from PIL import Image
 from processes import HeldUpload, free_port, port_is_free, wait_for_group_to_end
 
@@ -28,12 +28,11 @@ HANG = 180  # seconds: a bound that only a hang reaches
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """An untrained network is enough: these tests are about processes, not answers."""
-    from imgclf.checkpoint import model_record, save_model
-    from imgclf.model import build_classifier, preprocessing_for
+    from imgclf.checkpoint import export_model
+    from imgclf.model import ImageClassifier
 
-    model = build_classifier(3, pretrained=False)
-    record = model_record(model, ["0", "1", "7"], preprocessing_for(75), {"image_size": 75})
-    return save_model(record, tmp_path_factory.mktemp("lifecycle_model") / "model.ckpt")
+    model = ImageClassifier(backbone_config("inception_v3"), 3, image_size=75)
+    return export_model(model, ["0", "1", "7"], tmp_path_factory.mktemp("lifecycle_model") / "model.ckpt", {})
 
 
 def png(color: str = "gray") -> bytes:

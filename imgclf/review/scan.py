@@ -132,6 +132,7 @@ def scan_dataset(
     root: Path, layout: dict[str, dict[str, list[Path]]], pixel_side: int | None
 ) -> list[ScannedImage]:
     """Decode and hash every listed file once, with a progress bar."""
+    from rich.console import Console
     from rich.progress import Progress
 
     jobs = [
