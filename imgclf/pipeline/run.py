@@ -256,10 +256,10 @@ class Pipeline:
                 self._signals.stage = stage.label
                 prepared = getattr(self, f"_prepare_{stage.name}")(stage)
                 record = self.state.get(stage.key)
-                if not dirty and self._finished(record, prepared, history=stage.round < latest):
-                    log.info(
-                        "%s: skipped, nothing changed since it finished (%s)", stage.label, record["outcome"]
-                    )
+                history = stage.round < latest
+                if not dirty and self._finished(record, prepared, history):
+                    why = f"round {latest} has begun" if history else "nothing changed since it finished"
+                    log.info("%s: skipped, %s (%s)", stage.label, why, record["outcome"])
                     self.statuses[stage.key] = "skipped"
                     if self.on_stage:
                         self.on_stage(stage, "skipped", record, None)
