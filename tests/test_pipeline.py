@@ -266,13 +266,17 @@ def test_signals_stop_everything_and_the_same_command_continues(web, chromium_pa
                         break
                     time.sleep(0.1)
                 assert process.poll() is None, (tmp_path / "err.log").read_text()[-3000:]
+                assert ready(seen), "the moment to interrupt never came"
                 seen |= descendants(process.pid)
                 os.kill(process.pid, signum)  # the main process only, as `kill PID` does
                 code = process.wait(timeout=120)
             finally:
-                if process.poll() is None:
+                if process.poll() is None:  # the test failed: leave nothing behind either
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+                    for child in seen | descendants(process.pid):
+                        if alive(child):
+                            os.kill(child[0], signal.SIGKILL)
         stderr = (tmp_path / "err.log").read_text()
         assert "Traceback" not in stderr + (tmp_path / "out.log").read_text()
         assert [p for p in seen if alive(p)] == []

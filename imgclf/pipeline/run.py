@@ -368,11 +368,14 @@ class Pipeline:
         return file_digest(resolve_searchterms(cfg.searchterms), contents=True)
 
     def _prepare_scrape(self, stage: Stage) -> Prepared:
+        from imgclf.scrape.manifest import MANIFEST_NAME
+
         cfg = self._scrape_config(stage)
-        # The CSV and the settings: what the dataset became since is the later stages' business.
+        # The CSV, the settings and the manifest (gone with the dataset, changed by another scrape):
+        # images reviewed away or added by hand are the review's business, not a reason to scrape.
         return Prepared(
             digest([config_digest(cfg, ignore=("top_up",)), self._csv_digest(cfg)]),
-            dict,
+            lambda: {"manifest": file_digest(self.root / MANIFEST_NAME)},
             {"scrape": cfg},
         )
 
@@ -442,10 +445,12 @@ class Pipeline:
                 "wanted": targets[name],
                 "searches": searched,
             }
-        scores = _per_class_scores(prepared.extra["metrics"], self.cfg.loop.metric)
-        result = {"classes": per_class, "metric": self.cfg.loop.metric, "scores": scores}
+        metric = self.cfg.loop.metric
+        scores = _per_class_scores(prepared.extra["metrics"], metric)
+        result = {"classes": per_class, "metric": metric, "scores": scores}
         added = sum(row["added"] for row in per_class.values())
-        outcome = f"{added} images added to {', '.join(classes)}"
+        weakest = ", ".join(f"{name} ({metric} {scores[name]:.2f})" for name in classes)
+        outcome = f"{added} images added to {weakest}"
         return result, outcome, {"classes": per_class, "summaries": summaries}
 
     # -- review ----------------------------------------------------------------------------------
