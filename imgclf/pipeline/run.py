@@ -12,9 +12,9 @@ Tuning is the real multirun, ``scripts/train.py -m hparams_search=optuna``, in a
 its own that ends with the pipeline.
 
 Skipping (:mod:`imgclf.pipeline.state`): a stage is skipped when it finished before with the same
-settings and the files it reads and writes are as it left them; once one stage runs, every stage
-after it runs too. A later round's top-up changes the dataset the earlier rounds saw, so once a
-round has begun the rounds before it are history: they run again only if their settings change.
+settings and the files it reads and writes are as it left them, so a stage that changes the
+dataset or the model makes the stages that read them run again. A later round's top-up changes the
+dataset the earlier rounds saw, so once a round has begun the rounds before it are history.
 
 SIGINT and SIGTERM raise :class:`PipelineInterrupted` in the stage in flight, whose clean-up runs
 (the scraper closes Chromium, the sweep's process group is terminated); the stage stays
@@ -206,7 +206,8 @@ def image_count(folder: Path) -> int:
 
 
 class Pipeline:
-    """One run of the pipeline over ``cfg`` (conf/pipeline.yaml).
+    """One run of the pipeline over ``cfg`` (conf/pipeline.yaml), inside a Hydra app (stage configs
+    are composed with Hydra's compose API, and stage run folders go under ``paths.output_dir``).
 
     ``console`` shows the scraper's progress bars; ``on_stage(stage, status, record, details)`` is
     called after each stage (``status`` ran or skipped; ``details`` what its library function
@@ -249,7 +250,6 @@ class Pipeline:
                 getattr(self, f"_prepare_{stage.name}")(stage)
         started = [s.round for s in stages if s.name == "top_up" and self.state.get(s.key)]
         latest = max(started, default=1)
-        dirty = False
         self._signals.install()
         try:
             for stage in stages:
@@ -257,28 +257,32 @@ class Pipeline:
                 prepared = getattr(self, f"_prepare_{stage.name}")(stage)
                 record = self.state.get(stage.key)
                 history = stage.round < latest
-                if not dirty and self._finished(record, prepared, history):
+                if self._finished(stage, record, prepared, history):
                     why = f"round {latest} has begun" if history else "nothing changed since it finished"
                     log.info("%s: skipped, %s (%s)", stage.label, why, record["outcome"])
                     self.statuses[stage.key] = "skipped"
                     if self.on_stage:
                         self.on_stage(stage, "skipped", record, None)
                     continue
-                dirty = True
                 self._execute(stage, prepared, record)
         finally:
             self._signals.restore()
         return self.summary()
 
     @staticmethod
-    def _finished(record: dict[str, Any] | None, prepared: Prepared, history: bool) -> bool:
-        if not record or record["status"] != "done" or record["config"] != prepared.digest:
+    def _finished(stage: Stage, record: dict[str, Any] | None, prepared: Prepared, history: bool) -> bool:
+        """Done before, with the same settings, and its files as it left them. A round before the
+        latest is history: its stages saw a dataset the top-ups have changed since and made models
+        that are gone, so they stay done; but a new CSV still has to be scraped, and new tuning
+        settings tuned (the latest round then trains with the result)."""
+        if not record or record["status"] != "done":
             return False
-        return history or prepared.watch() == record["after"]
+        if history:
+            return stage.name not in ("scrape", "tune") or record["config"] == prepared.digest
+        return record["config"] == prepared.digest and prepared.watch() == record["after"]
 
     def _execute(self, stage: Stage, prepared: Prepared, previous: dict[str, Any] | None) -> None:
         log.info("%s: running", stage.label)
-        self.state.forget_after(stage.round, stage.name)
         record = {
             "round": stage.round,
             "stage": stage.name,
@@ -477,12 +481,13 @@ class Pipeline:
             "images": found["images"],
             "flagged": dict(flags),
             "quarantined": dict(moved),
-            "quarantined_files": len(found["quarantined"]),
             "report": found["report"],
         }
-        outcome = f"{len(found['quarantined'])} files quarantined"
-        if flags["suspect_label"] and "suspect_label" not in cfg.fix_reasons:
-            outcome += f", {flags['suspect_label']} suspect labels listed"
+        moved_files = {entry["path"] for entry in found["quarantined"]}
+        listed = {flag.path for flag in found["flags"]} - moved_files
+        outcome = f"{len(moved_files)} files quarantined"
+        if listed:
+            outcome += f", {len(listed)} more flagged in the report"
         return result, outcome, found
 
     # -- tune and train ------------------------------------------------------------------------------

@@ -22,8 +22,6 @@ from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write_json
 
 FORMAT = "imgclf.pipeline/1"
-# Order of a round's stages (round 1 scrapes, later rounds top up).
-ORDER = {"scrape": 0, "top_up": 0, "review": 1, "tune": 2, "train": 3, "eval": 4}
 
 
 def digest(value: Any) -> str:
@@ -96,16 +94,6 @@ class State:
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         self.records[key] = record
-        self.save()
-
-    def forget_after(self, round_number: int, stage: str) -> None:
-        """Drop the records of every stage after this one: they were built on what it changes."""
-        position = (round_number, ORDER[stage])
-        self.records = {
-            key: record
-            for key, record in self.records.items()
-            if (record["round"], ORDER[record["stage"]]) <= position
-        }
         self.save()
 
     def save(self) -> None:
