@@ -340,6 +340,7 @@ def test_signals_stop_everything_and_the_same_command_continues(web, chromium_pa
         (["searchterms=missing.csv"], "error: search terms file missing.csv not found"),
         (["rounds=0"], "error: rounds=0: give a whole number of at least 1"),
         (["loop.metric=accuracy"], "error: loop.metric=accuracy: use recall or f1"),
+        (["review.fix_reasons=[blurry]"], "error: fix_reasons has unknown reason(s) blurry"),
         (
             ['train.overrides=["trainer.max_epoch=3"]'],
             "error: the train stage's settings do not compose: Could not override 'trainer.max_epoch'.",

@@ -729,4 +729,7 @@ def check_settings(cfg: DictConfig) -> None:
             )
     if cfg.review.fix not in (None, "quarantine"):
         raise ImgclfError(f"review.fix={cfg.review.fix}: use quarantine, or null to only report")
+    from imgclf.review.findings import check_reasons
+
+    check_reasons(list(cfg.review.fix_reasons))
     read_searchterms(resolve_searchterms(cfg.searchterms))
