@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, compose
+from conftest import REPO_ROOT, compose, train_model
 from PIL import Image
 
+from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
 from imgclf.review.findings import dataset_notes
 from imgclf.review.run import review
@@ -269,3 +270,35 @@ def test_a_pixel_review_starts_without_lightning(tmp_path, small_digits_root):
     }
     assert "imgclf.review.run" in imported
     assert not any(name.split(".")[0] in ("pytorch_lightning", "lightning") for name in imported)
+
+
+def test_without_val_the_models_held_out_split_is_reviewed_as_val(tmp_path, small_digits_root):
+    """A dataset without val/: train.py holds part of train/ out (data.val_fraction) and records
+    which files in the model; the review treats those as val, so a copy of one of them elsewhere
+    in train/ is leakage (the held-out copy flagged), not a duplicate within train."""
+    root = tmp_path / "data"
+    shutil.copytree(small_digits_root, root)
+    shutil.rmtree(root / "val")
+    model_dir = tmp_path / "model"
+    extra = ["model/backbone=mobilenet_v3_large", "data.image_size=64", "trainer.max_epochs=1"]
+    train_model(root, model_dir, extra)
+    held_out = read_model(model_dir / "model.ckpt")["val_split"]["files"]
+    held = root / "train" / held_out[0]
+    copy = held.with_name(f"copy_of_{held.name}")
+    shutil.copyfile(held, copy)
+
+    def flags(*overrides: str) -> tuple[dict, dict]:
+        overrides = ("labels.enabled=false", f"data.root={root}", *overrides)
+        result = review(compose("review", list(overrides), output_dir=tmp_path))
+        return {f.path: f.reason for f in result["flags"]}, result
+
+    alone, result = flags("ckpt_path=null")
+    assert result["splits"] == ["train", "test"]
+    assert alone == {copy.relative_to(root).as_posix(): "exact_duplicate"}  # one split: same class
+
+    found, result = flags(f"paths.model_dir={model_dir}")
+    assert result["splits"] == ["train", "val", "test"]
+    assert result["counts"]["val"] == {"0": 4, "1": 4, "7": 4}  # round(0.2 * 18) of each class
+    assert result["counts"]["train"] == {"0": 14, "1": 14, "7": 14} | {held.parent.name: 15}
+    assert found == {held.relative_to(root).as_posix(): "leakage"}
+    assert any("validated on are the val split here" in note for note in result["notes"])

@@ -82,9 +82,29 @@ class Stopwatch:
         self._last = now
 
 
+def recorded_val_files(ckpt_path: str | None, root: Path) -> list[str]:
+    """The validation files a model held out of ``train/`` (``data.val_fraction``), when the
+    dataset has no ``val/`` and the model file at ``ckpt_path`` recorded a split of it."""
+    if not ckpt_path or (root / "val").is_dir() or not Path(ckpt_path).is_file():
+        return []
+    from imgclf.checkpoint import read_model
+
+    split = read_model(ckpt_path).get("val_split") or {}
+    files = [name for name in split.get("files", []) if (root / "train" / name).is_file()]
+    if split and not files:
+        log.warning(
+            "none of the %d validation files recorded in %s is in %s; reviewing train/ as one split",
+            len(split["files"]),
+            ckpt_path,
+            root / "train",
+        )
+    return files
+
+
 def find_problems(cfg: DictConfig, root: Path, clock: Stopwatch) -> dict[str, Any]:
     """Everything the review knows, before any file moves."""
-    layout, ignored = dataset_files(root)
+    val_files = recorded_val_files(cfg.get("ckpt_path"), root)
+    layout, ignored = dataset_files(root, val_files)
     classes = check_classes(layout, root)
     pixel_side = cfg.labels.pixel_size if cfg.labels.enabled and cfg.labels.features != "backbone" else None
     images = scan_dataset(root, layout, pixel_side)
@@ -97,6 +117,11 @@ def find_problems(cfg: DictConfig, root: Path, clock: Stopwatch) -> dict[str, An
     clock.lap("duplicates")
     counts = class_counts(images, list(layout), classes)
     notes = dataset_notes(counts, checks.imbalance_ratio, checks.min_class_images)
+    if val_files:
+        notes.append(
+            f"no val/ folder: the {len(val_files)} images of train/ that {cfg.ckpt_path} validated on "
+            "are the val split here, so a copy of one of them elsewhere in train/ counts as leakage"
+        )
     if ignored:
         notes.append(
             f"{len(ignored)} file(s) without an image extension are ignored by training, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,19 +54,28 @@ class ScannedImage:
         return self.path.as_posix()
 
 
-def dataset_files(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[Path]]:
+def dataset_files(
+    root: Path, val_files: Collection[str] = ()
+) -> tuple[dict[str, dict[str, list[Path]]], list[Path]]:
     """``{split: {class: [files]}}`` of the splits present, and the files training ignores.
 
     Listing goes through :func:`imgclf.folders.list_split` without its header check, so a missing
     or empty split fails with the same message as training, and broken images are kept for the
-    review to report instead of being skipped silently.
+    review to report instead of being skipped silently. ``val_files`` (paths relative to
+    ``train/``, as a model file records the validation split it held out of a dataset without
+    ``val/``) are listed as the ``val`` split.
     """
     splits = [s for s in SPLITS if (root / s).is_dir()]
     if not splits:
         list_split(root, "train", verify=False)  # raises the layout error naming what is missing
+    listings = {split: list_split(root, split, verify=False) for split in splits}
+    if val_files and "train" in listings and "val" not in listings:
+        train = listings.pop("train")
+        held = {train.directory / name for name in val_files}
+        listings = {"train": train.without(held, "train"), "val": train.only(held, "val"), **listings}
+        listings["train"].skipped = train.skipped
     layout, ignored = {}, []
-    for split in splits:
-        listing = list_split(root, split, verify=False)
+    for split, listing in listings.items():
         layout[split] = listing.files
         for paths in listing.skipped.values():
             ignored.extend(paths)

@@ -379,11 +379,10 @@ class _Job:
                 break
             hits = await self._search(engine, run, remaining, on_related)
             if hits:
-                run.tried.update(hit.url for hit in hits)
                 run.report.found += len(hits)
                 run.show(f"downloading from {engine.name} results")
                 sink = self._sink(run.report.term, engine)
-                await download(hits, remaining, sink, self._client, self.settings, run.on_result)
+                await download(run.taking(hits), remaining, sink, self._client, self.settings, run.on_result)
         run.show("done" if run.missing() <= 0 else "short")
 
     async def _search(
@@ -460,6 +459,13 @@ class _TermRun:
 
     def missing(self) -> int:
         return self.report.term.number_imgs - self.report.have
+
+    def taking(self, hits: list[ImageHit]):
+        """The hits, each marked tried as the downloader takes it: those left over once the
+        folder is full stay free for the next row (the same search term for another split)."""
+        for hit in hits:
+            self.tried.add(hit.url)
+            yield hit
 
     def skip(self, url: str) -> str | None:
         """Engines leave out URLs the dataset has, and URLs this run has already tried."""
