@@ -92,6 +92,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise ImgclfError(f"{self.root / split} is missing; {layout_hint(self.root)}")
         return self.listings[split].samples(self.classes)
 
+    def files(self) -> dict[str, list[list[Any]]]:
+        """The training and validation files as they are now (path, size, mtime, class): what a
+        run's fingerprint and the feature store's key include, so that changed data is noticed."""
+        return {
+            split: [[str(p), p.stat().st_size, p.stat().st_mtime_ns, t] for p, t in self.samples(split)]
+            for split in ("train", "val")
+        }
+
     def dataset(
         self, split: str, augment: bool = False, seed: int | None = None, on_error: str = "mark"
     ) -> ImageDataset:

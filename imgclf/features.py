@@ -69,10 +69,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 def store_key(
     backbone: dict[str, Any], weights_file: str | os.PathLike, data: ImageFolderDataModule, views: int
 ) -> str:
-    files = {
-        split: [[str(p), p.stat().st_size, p.stat().st_mtime_ns, target] for p, target in data.samples(split)]
-        for split in ("train", "val")
-    }
     description = {
         "format": FORMAT,
         "backbone": backbone,
@@ -81,7 +77,7 @@ def store_key(
         "augmentation": data.augmentation,
         "views": views_of(data, views),
         "classes": data.classes,
-        "files": files,
+        "files": data.files(),
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]

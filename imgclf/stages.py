@@ -8,8 +8,9 @@
 
 Every stage keeps its best epoch (by ``optimized_metric``) and its last one under
 ``paths.checkpoint_dir/<stage>/`` with Lightning's ``ModelCheckpoint`` (``conf/train.yaml``
-``checkpoint``); the run's fingerprint travels in each checkpoint, so a rerun of the same command
-resumes a stage only from a checkpoint of the same run, and a finished stage costs nothing.
+``checkpoint``). The run's fingerprint (its settings and dataset files) travels in each
+checkpoint, so a rerun of the same command on the same data resumes a stage only from a
+checkpoint of the same run, and a finished stage costs nothing.
 """
 
 from __future__ import annotations
@@ -56,13 +57,15 @@ def plan(cfg: DictConfig) -> list[Stage]:
     return stages
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """What makes an interrupted run resumable: same data, model, trainer, feature store and seed."""
+def fingerprint(cfg: DictConfig, files: dict[str, Any]) -> str:
+    """What makes an interrupted run resumable: the same data settings and files, model, trainer,
+    feature store and seed."""
     relevant = {
         k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "trainer", "features")
     }
     relevant["trainer"].pop("default_root_dir", None)  # a new timestamped folder every run
     relevant["seed"] = cfg.seed
+    relevant["files"] = files
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -109,10 +112,10 @@ class StageResult:
 class StageRunner:
     """Builds each stage's trainer and callbacks from the config and runs its fit."""
 
-    def __init__(self, cfg: DictConfig, loggers: Sequence[Any]) -> None:
+    def __init__(self, cfg: DictConfig, loggers: Sequence[Any], files: dict[str, Any]) -> None:
         self.cfg = cfg
         self.loggers = list(loggers)
-        self.fingerprint = fingerprint(cfg)
+        self.fingerprint = fingerprint(cfg, files)
         self.directory = Path(cfg.paths.checkpoint_dir)
         self.is_global_zero = True
 

@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module: ClassifierModule = build(
         cfg.model, num_classes=len(datamodule.classes), class_counts=datamodule.class_counts()
     )
-    runner = StageRunner(cfg, build_all(cfg.get("logger"), "logger"))
+    runner = StageRunner(cfg, build_all(cfg.get("logger"), "logger"), datamodule.files())
     results: list[StageResult] = []
     epochs_before = 0
     for stage in plan(cfg):

@@ -68,6 +68,47 @@ def wait_for_group_to_end(pgid: int, timeout: float = 60) -> list[str]:
     return members
 
 
+def processes() -> dict[int, tuple[int, str, str]]:
+    """Every process: pid -> (parent pid, start time, command name), from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), fields[19], name)
+    return table
+
+
+def descendants(root: int) -> set[tuple[int, str, str]]:
+    """(pid, start time, name) of every process below ``root``."""
+    table = processes()
+    found, frontier = set(), {root}
+    while frontier:
+        children = {pid for pid, (parent, _, _) in table.items() if parent in frontier}
+        found |= {(pid, table[pid][1], table[pid][2]) for pid in children}
+        frontier = children
+    return found
+
+
+def alive(process: tuple[int, str, str]) -> bool:
+    pid, started, _ = process
+    info = processes().get(pid)
+    return info is not None and info[1] == started and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
 class HeldUpload:
     """A ``POST /classify`` whose body stops halfway until :meth:`finish`: a request in flight for
     as long as a test needs one, without a slow model.

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, compose
+from processes import alive, descendants
 from scrape_fixture import GoogleQuery
 from scrape_fixture.fixtures import TEST_OVERRIDES, fixture_server_fixture, web_fixture  # noqa: F401
-from test_scrape_interrupt import alive, descendants
 
 from imgclf.checkpoint import read_model
 from imgclf.pipeline.run import assign

@@ -336,19 +336,27 @@ def test_a_fresh_start_removes_only_its_own_checkpoints(tmp_path):
     assert all((tmp_path / name).exists() for name in theirs)
 
 
-def test_a_changed_run_does_not_resume_from_another_runs_checkpoint(tmp_path, small_digits_root):
-    common = [
-        *FAST_TRAIN,
-        f"data.root={small_digits_root}",
-        f"paths.model_dir={tmp_path}",
-        "trainer.max_epochs=1",
-    ]
-    train(compose("train", common, output_dir=tmp_path / "a"))
+def test_changed_settings_or_data_do_not_resume_another_runs_checkpoint(tmp_path, small_digits_root, caplog):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(small_digits_root, root)
+    common = [*FAST_TRAIN, f"data.root={root}", f"paths.model_dir={tmp_path}", "trainer.max_epochs=1"]
     last = tmp_path / "checkpoints" / "scratch" / "last.ckpt"
-    first = torch.load(last, weights_only=True)["imgclf_run"]
-    train(compose("train", common + ["model.head.hidden_size=32"], output_dir=tmp_path / "b"))
-    # trained afresh: resuming the other run's checkpoint would not even load (other head shape)
-    assert torch.load(last, weights_only=True)["imgclf_run"] != first
+    runs = []
+    for name, extra in (
+        ("a", []),
+        ("b", ["model.head.hidden_size=32"]),
+        ("c", ["model.head.hidden_size=32"]),
+    ):
+        if name == "c":  # same settings as b, one more image
+            shutil.copy(next((root / "train" / "7").glob("*.png")), root / "train" / "7" / "added.png")
+        caplog.clear()
+        with caplog.at_level("INFO", logger="imgclf.stages"):
+            train(compose("train", common + extra, output_dir=tmp_path / name))
+        runs.append(torch.load(last, weights_only=True)["imgclf_run"])
+        assert "continues from" not in caplog.text  # each trained afresh
+    assert len(set(runs)) == 3
     assert read_model(tmp_path / "model.ckpt")["architecture"]["head"]["hidden_size"] == 32
 
 
