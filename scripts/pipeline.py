@@ -62,7 +62,7 @@ def show_stage(console: Console, cfg: DictConfig, stage, status: str, record: di
 
         print_summary(console, details)
     elif stage.name == "top_up":
-        from imgclf.scrape.report import print_summary
+        from imgclf.scrape.report import print_summary, top_up_table
 
         for summary in details["summaries"]:
             print_summary(console, summary)
@@ -75,24 +75,6 @@ def show_stage(console: Console, cfg: DictConfig, stage, status: str, record: di
         for split, metrics in details.items():
             print(f"{split}:")
             eval_report(metrics)
-
-
-def top_up_table(classes: dict) -> Table:
-    table = Table(title="Top-up")
-    table.add_column("class")
-    for column in ("had", "added", "have/wanted"):
-        table.add_column(column, justify="right")
-    table.add_column("searched")
-    for name, row in classes.items():
-        have = f"{row['have']}/{row['wanted']}"
-        table.add_row(
-            name,
-            str(row["had"]),
-            str(row["added"]),
-            f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
-            "; ".join(row["searches"]),
-        )
-    return table
 
 
 def _number(value: float | None) -> str:

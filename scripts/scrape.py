@@ -12,14 +12,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from imgclf.errors import ImgclfError
 
 
 @hydra.main(config_path="../conf", config_name="scrape")
 def main(cfg: DictConfig) -> None:
-    from imgclf.scrape.report import print_summary
+    from imgclf.scrape.report import print_summary, top_up_table
     from imgclf.scrape.run import Interrupted, scrape, top_up, weakest_classes
 
     # httpx logs every request at INFO, which would bury the progress bars.
@@ -39,7 +38,7 @@ def main(cfg: DictConfig) -> None:
             )
             summary = top_up(cfg, classes, cfg.top_up.extra_images, console)
             print_summary(console, summary)
-            console.print(_classes_table(summary["classes"]))
+            console.print(top_up_table(summary["classes"]))
         else:
             print_summary(console, scrape(cfg, console))
     except Interrupted as exc:
@@ -52,24 +51,6 @@ def main(cfg: DictConfig) -> None:
         # Before any download starts (the CSV and the dataset are only read): nothing to undo.
         print("interrupted; run the same command again to continue", file=sys.stderr)
         sys.exit(130)
-
-
-def _classes_table(classes: dict) -> Table:
-    table = Table(title="Top-up")
-    table.add_column("class")
-    for column in ("had", "added", "have/wanted"):
-        table.add_column(column, justify="right")
-    table.add_column("searched")
-    for name, row in classes.items():
-        have = f"{row['have']}/{row['wanted']}"
-        table.add_row(
-            name,
-            str(row["had"]),
-            str(row["added"]),
-            f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
-            "; ".join(row["searches"]),
-        )
-    return table
 
 
 if __name__ == "__main__":

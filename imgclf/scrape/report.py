@@ -186,3 +186,22 @@ def engine_table(engines: dict[str, dict[str, Any]]) -> Table:
             ", ".join(blocks) or "-",
         )
     return table
+
+
+def top_up_table(classes: dict[str, dict[str, Any]]) -> Table:
+    """Per class of a top-up: images before, added, now against wanted, and the searches used."""
+    table = Table(title="Top-up")
+    table.add_column("class")
+    for column in ("had", "added", "have/wanted"):
+        table.add_column(column, justify="right")
+    table.add_column("searched")
+    for name, row in classes.items():
+        have = f"{row['have']}/{row['wanted']}"
+        table.add_row(
+            name,
+            str(row["had"]),
+            str(row["added"]),
+            f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
+            "; ".join(row["searches"]),
+        )
+    return table
