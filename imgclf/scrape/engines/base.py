@@ -298,6 +298,43 @@ def first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@dataclass
+class Capture:
+    """What the background responses of one result page brought (engines that read them)."""
+
+    hits: dict[str, ImageHit] = field(default_factory=dict)
+    seen: dict[str, str | None] = field(default_factory=dict)  # every image URL read -> problem
+    pending: set[asyncio.Task] = field(default_factory=set)
+    blocked: tuple[str, str] | None = None  # (kind, what happened)
+
+
+async def captured_hits(engine: SearchEngine, capture: Capture, query: str) -> list[ImageHit]:
+    """``harvest`` for engines that read background responses: wait for those being read, count
+    what was skipped, and raise the block one of them announced."""
+    if capture.pending:
+        await asyncio.gather(*list(capture.pending))
+    for url, problem in capture.seen.items():
+        engine.stats.note(url, problem)
+    if capture.blocked:
+        kind, detail = capture.blocked
+        raise BlockedError(f"{engine.name} refused the search for {query!r}: {detail}", kind)
+    return list(capture.hits.values())
+
+
+async def related_in_page(page: Page, query: str, parse: Callable[[str, str], list[str]]) -> list[str]:
+    """The related searches ``parse`` finds in the page's HTML; none when the page went away."""
+    try:
+        return parse(await page.content(), query)
+    except PlaywrightError:
+        return []
+
+
+async def scroll_and_ask_for_more(page: Page, button: re.Pattern) -> None:
+    """Scroll to the bottom, and press the "more results" button when the page shows one."""
+    await scroll_to_bottom(page)
+    await click_if_visible(page, lambda: page.get_by_role("button", name=button))
+
+
 async def scroll_to_bottom(page: Page) -> None:
     await page.evaluate(
         "() => window.scrollTo(0, Math.max(document.body.scrollHeight,"

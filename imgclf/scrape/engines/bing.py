@@ -27,7 +27,8 @@ from imgclf.scrape.engines.base import (
     click_if_visible,
     first_line,
     page_text_matches,
-    scroll_to_bottom,
+    related_in_page,
+    scroll_and_ask_for_more,
     url_problem,
 )
 
@@ -68,14 +69,10 @@ class BingEngine(SearchEngine):
         return tile_hits(metadata, self.ignore, self.stats.urls)
 
     async def related(self, page: Page, query: str) -> list[str]:
-        try:
-            return related_searches(await page.content(), query)
-        except PlaywrightError:  # the page went away: no suggestions
-            return []
+        return await related_in_page(page, query, related_searches)
 
     async def more(self, page: Page) -> None:
-        await scroll_to_bottom(page)
-        await click_if_visible(page, lambda: page.get_by_role("button", name=MORE_RESULTS))
+        await scroll_and_ask_for_more(page, MORE_RESULTS)
 
 
 def tile_hits(

@@ -25,9 +25,11 @@ from playwright.async_api import Page, Response
 from imgclf.scrape.engines.base import (
     CAPTCHA,
     BlockedError,
+    Capture,
     EngineError,
     ImageHit,
     SearchEngine,
+    captured_hits,
     clean_phrases,
     first_line,
     host_matches,
@@ -85,14 +87,10 @@ def suggestions(text: str, query: str) -> list[str]:
 
 
 @dataclass
-class _Capture:
-    hits: dict[str, ImageHit] = field(default_factory=dict)
-    seen: dict[str, str | None] = field(default_factory=dict)
+class _Capture(Capture):
     requested: set[str] = field(default_factory=set)  # i.js paths asked for, by the page or us
     next: str | None = None
     batches: int = 0
-    pending: set[asyncio.Task] = field(default_factory=set)
-    blocked: tuple[str, str] | None = None
 
 
 class DuckDuckGoEngine(SearchEngine):
@@ -183,14 +181,7 @@ class DuckDuckGoEngine(SearchEngine):
         self._absorb(answer["status"], answer["text"], url)
 
     async def harvest(self, page: Page) -> list[ImageHit]:
-        if self._capture.pending:
-            await asyncio.gather(*list(self._capture.pending))
-        for url, problem in self._capture.seen.items():
-            self.stats.note(url, problem)
-        if self._capture.blocked:
-            kind, detail = self._capture.blocked
-            raise BlockedError(f"{self.name} refused the search for {self._query!r}: {detail}", kind)
-        return list(self._capture.hits.values())
+        return await captured_hits(self, self._capture, self._query)
 
     async def more(self, page: Page) -> None:
         following = self._capture.next

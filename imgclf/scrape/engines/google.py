@@ -17,7 +17,6 @@ import asyncio
 import html
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -29,16 +28,19 @@ from imgclf.scrape.engines.base import (
     JS_CHALLENGE,
     UNUSUAL_TRAFFIC,
     BlockedError,
+    Capture,
     EngineError,
     ImageHit,
     SearchEngine,
+    captured_hits,
     clean_phrases,
     click_if_visible,
     first_line,
     host_matches,
     is_image_candidate,
     page_text_matches,
-    scroll_to_bottom,
+    related_in_page,
+    scroll_and_ask_for_more,
     url_problem,
 )
 from imgclf.scrape.engines.containers import json_values, looks_like_data, real_url
@@ -212,16 +214,6 @@ def _data_phrases(node: Any, query: str, phrases: list[str], depth: int) -> None
         _data_phrases(child, query, phrases, depth + 1)
 
 
-@dataclass
-class _Capture:
-    """What the background responses of one result page brought."""
-
-    hits: dict[str, ImageHit] = field(default_factory=dict)
-    seen: dict[str, str | None] = field(default_factory=dict)  # every image URL read -> problem
-    pending: set[asyncio.Task] = field(default_factory=set)
-    blocked: tuple[str, str] | None = None  # (kind, what happened)
-
-
 class GoogleEngine(SearchEngine):
     """``https://www.google.com/search?q=...&tbm=isch`` (base URL configurable)."""
 
@@ -235,11 +227,11 @@ class GoogleEngine(SearchEngine):
         self.language = options.get("language", "en")
         # tbm=isch has selected image search for two decades; udm=2 is its newer spelling.
         self.search_params = dict(options.get("search_params") or {"tbm": "isch"})
-        self._capture = _Capture()
+        self._capture = Capture()
         self._query = ""
 
     async def open(self, page: Page, query: str) -> None:
-        self._capture = _Capture()
+        self._capture = Capture()
         self._query = query
         page.on("response", self._on_response)
         params = urlencode({"q": query, **self.search_params, "hl": self.language})
@@ -318,24 +310,13 @@ class GoogleEngine(SearchEngine):
             await asyncio.sleep(0.2)
 
     async def harvest(self, page: Page) -> list[ImageHit]:
-        if self._capture.pending:
-            await asyncio.gather(*list(self._capture.pending))
-        for url, problem in self._capture.seen.items():
-            self.stats.note(url, problem)
-        if self._capture.blocked:
-            kind, detail = self._capture.blocked
-            raise BlockedError(f"{self.name} refused the search for {self._query!r}: {detail}", kind)
-        return list(self._capture.hits.values())
+        return await captured_hits(self, self._capture, self._query)
 
     async def related(self, page: Page, query: str) -> list[str]:
-        try:
-            return related_searches(await page.content(), query)
-        except PlaywrightError:  # the page went away: no suggestions
-            return []
+        return await related_in_page(page, query, related_searches)
 
     async def more(self, page: Page) -> None:
-        await scroll_to_bottom(page)
-        await click_if_visible(page, lambda: page.get_by_role("button", name=MORE_RESULTS))
+        await scroll_and_ask_for_more(page, MORE_RESULTS)
 
     async def fallback(self, page: Page, want: int) -> list[ImageHit]:
         """Click result tiles one by one and read the full-size image the preview shows."""
