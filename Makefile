@@ -22,6 +22,7 @@ demo: install
 	$(PY) scripts/demo.py
 
 test: install system-deps
+	$(PY) -m imgclf.hardware  # the CPU's features and the precision `auto` picks
 	$(PY) -m pytest
 
 lint: install

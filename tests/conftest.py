@@ -12,6 +12,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_report_header(config) -> str:
+    """Learned results (accuracy, agreement) depend on the CPU's kernels and precision."""
+    from imgclf.hardware import describe_machine
+
+    return describe_machine()
+
+
 def require(condition: bool, what: str) -> None:
     """Skip locally, fail in CI, when something a test needs is missing."""
     if condition:
