@@ -73,7 +73,11 @@ def main() -> None:
                 env = AVX2_ONLY if mode == "avx2" else {}
                 for seed in args.seeds:
                     model_dir = Path(tmp) / f"model-{size}-{mode}-{seed}"
-                    common = [f"data.root={data}", f"paths.model_dir={model_dir}", f"paths.log_dir={tmp}/logs"]
+                    common = [
+                        f"data.root={data}",
+                        f"paths.model_dir={model_dir}",
+                        f"paths.log_dir={tmp}/logs",
+                    ]
                     started = time.perf_counter()
                     trained = script(
                         "train", ["+experiment=digits", f"seed={seed}", *common, *args.overrides], env
@@ -82,7 +86,8 @@ def main() -> None:
                     seconds = time.perf_counter() - started
                     val, test = figure(trained, "val accuracy"), figure(tested, "accuracy")
                     results.setdefault((size, mode), []).append(test)
-                    print(f"| {size} | {mode} | {seed} | {val:.4f} | {test:.4f} | {seconds:.0f} |", flush=True)
+                    row = f"| {size} | {mode} | {seed} | {val:.4f} | {test:.4f} | {seconds:.0f} |"
+                    print(row, flush=True)
     print()
     for (size, mode), accuracies in results.items():
         print(
