@@ -47,11 +47,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 
-from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
 from imgclf.images import DEFAULT_MAX_PIXELS, load_image
-from imgclf.predict import Predictor
+from imgclf.runtimes import choose_model, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class AdaptiveBatchLoop(BatchedLoop):
 
 
 class ClassifierAPI(ls.LitAPI):
-    """One model file behind ``POST /classify``; the same :class:`Predictor` as classify.py."""
+    """One model file behind ``POST /classify``; the same predictor as classify.py (``runtime``)."""
 
     def __init__(
         self,
@@ -196,6 +195,7 @@ class ClassifierAPI(ls.LitAPI):
         threads: int | None = None,
         max_batch_size: int = 8,
         batch_timeout: float = 0.05,
+        runtime: str = "torch",
     ) -> None:
         # The batched loop even for max_batch_size=1, so that rejections work the same way.
         super().__init__(
@@ -209,6 +209,7 @@ class ClassifierAPI(ls.LitAPI):
         self.channels_last = channels_last
         self.max_pixels = int(max_pixels)
         self.threads = threads
+        self.runtime = runtime
         # Written by the inference worker once it has checked bf16 against fp32, read by /info in
         # the HTTP processes: shared memory, as the two never share Python objects.
         self.resolved_precision = mp.get_context("spawn").Array("c", 32)
@@ -216,11 +217,13 @@ class ClassifierAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.predictor = Predictor.from_file(
+        self.predictor = load_predictor(
             self.ckpt_path,
+            self.runtime,
             precision=self.precision,
             channels_last=self.channels_last,
             device=device,
+            threads=self.threads,
         )
         self.resolved_precision.value = self.predictor.precision.encode()
 
@@ -327,11 +330,17 @@ def install_error_handlers(app: FastAPI, max_bytes: int) -> None:
 
 def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
     """What /info reports that does not change while serving; the precision is read live."""
-    record = read_model(cfg.ckpt_path)  # also fails fast, in the main process, on a bad path
+    # Also fails fast, in the main process, on a bad path or a runtime that cannot run;
+    # the worker's load_predictor makes the same choice from the same files.
+    device = "cuda" if uses_cuda(cfg.accelerator) else "cpu"
+    choice = choose_model(cfg.ckpt_path, cfg.runtime, cfg.precision, device)
+    record = choice.record()
     return {
         "classes": list(record["classes"]),
         "hparams": record.get("hparams", {}),
         "model_path": os.path.abspath(cfg.ckpt_path),
+        "runtime": choice.runtime,
+        "model_file": os.path.abspath(choice.path),
         "preprocessing": record["preprocessing"],
         "server": {
             "accelerator": cfg.accelerator,
@@ -385,6 +394,7 @@ def build_server(cfg: Any) -> ls.LitServer:
         threads=cpu_threads(cfg),
         max_batch_size=cfg.max_batch_size,
         batch_timeout=cfg.batch_timeout,
+        runtime=cfg.runtime,
     )
     info = model_info(cfg, api)
     max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
