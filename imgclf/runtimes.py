@@ -10,9 +10,10 @@ written, as ONNX metadata, and the sha256 of the ``model.ckpt`` it came from.
 - ``torch``: :class:`imgclf.predict.Predictor` on ``model.ckpt``;
 - ``onnx``: :class:`OnnxPredictor` on the int8 file when it is there and verified, else
   ``model.onnx`` (``precision=int8`` or ``fp32`` names one of them);
-- ``auto``: the fastest verified file present: int8, else PyTorch where the CPU computes bf16
-  natively (faster than ONNX Runtime fp32 there), else ``model.onnx``, else PyTorch. A file
-  exported from another ``model.ckpt`` than the one beside it is never used.
+- ``auto``: the fastest verified file present: int8, else ``model.onnx``, else PyTorch (ONNX
+  Runtime fp32 outran PyTorch bf16 + channels-last even on a CPU with native bf16:
+  docs/benchmarks.md). A file exported from another ``model.ckpt`` than the one beside it is never
+  used.
 
 Both predictors share decoding, preprocessing and the shape of the answers
 (:class:`imgclf.predict.PredictorBase`). Nothing here imports Lightning, and ``onnxruntime`` is
@@ -32,7 +33,6 @@ import torch
 
 from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
-from imgclf.hardware import cpu_has_fast_bf16
 from imgclf.hashing import sha256_file
 from imgclf.predict import PRECISIONS, Predictor, PredictorBase
 
@@ -73,7 +73,8 @@ def session_options(onnxruntime: Any, threads: int | None = None, optimize: bool
         options.intra_op_num_threads = int(threads)
     if not optimize:  # only the metadata is wanted: skip the graph optimisations
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3  # errors only: ONNX Runtime's warnings go to stdout, not to logging
+    # errors only: ONNX Runtime prints its warnings (unused initializers, ...) itself, past logging
+    options.log_severity_level = 3
     return options
 
 
@@ -109,7 +110,7 @@ class OnnxFile:
         return bool(self.check.get("verified"))
 
     def check_summary(self) -> str:
-        return describe_check(self.check) if self.check else "not checked"
+        return describe_check(self.check) if "top1_agreement" in self.check else "not checked"
 
 
 def describe_check(check: dict[str, Any]) -> str:
@@ -264,10 +265,6 @@ def choose_model(
         elif not onnx.verified:
             skipped.append(f"{candidate.name} did not pass its export check ({onnx.check_summary()})")
             unverified = unverified or onnx
-        elif runtime == "auto" and onnx.precision != "int8" and precision == "auto" and cpu_has_fast_bf16():
-            return ModelChoice(
-                "torch", ckpt, "this CPU computes bf16 natively: PyTorch bf16 outruns ONNX fp32"
-            )
         else:
             return ModelChoice("onnx", candidate, f"{candidate.name}: {onnx.check_summary()}", onnx)
     if runtime == "auto":
