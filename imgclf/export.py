@@ -204,11 +204,6 @@ def quantize_int8(
         quantize_static,
     )
 
-    method = str(settings["calibrate_method"])
-    if method not in CALIBRATION_METHODS:
-        raise ImgclfError(
-            f"quantization.calibrate_method={method}; use one of {', '.join(CALIBRATION_METHODS)}"
-        )
     with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as folder:
         fp32_path, prepared, int8_path = (
             Path(folder) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx")
@@ -229,7 +224,7 @@ def quantize_int8(
                 "minmax": CalibrationMethod.MinMax,
                 "entropy": CalibrationMethod.Entropy,
                 "percentile": CalibrationMethod.Percentile,
-            }[method],
+            }[settings["calibrate_method"]],
         )
         return onnx.load(int8_path)
 
@@ -242,6 +237,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     require_exporter()
     if cfg.quantize not in (None, "int8"):
         raise ImgclfError(f"quantize={cfg.quantize}; use quantize=int8, or leave it out for fp32 only")
+    if cfg.quantize == "int8" and cfg.quantization.calibrate_method not in CALIBRATION_METHODS:
+        raise ImgclfError(
+            f"quantization.calibrate_method={cfg.quantization.calibrate_method}; "
+            f"use one of {', '.join(CALIBRATION_METHODS)}"
+        )
     if not 0 < float(cfg.min_agreement) <= 1:
         raise ImgclfError(f"min_agreement={cfg.min_agreement}: use a fraction such as 0.99")
     ckpt, folder = model_paths(cfg.ckpt_path)

@@ -467,3 +467,24 @@ def test_readme_snippet_classifies_with_onnxruntime_alone(exported, small_digits
         assert list(printed) == list(expected) == ["0", "1", "7"]
         assert max(printed, key=printed.get) == max(expected, key=expected.get), name
         assert printed == pytest.approx(expected, abs=tolerance), name
+
+
+def test_export_bad_settings_are_clear_errors(exported, small_digits_root, tmp_path):
+    from imgclf.export import export
+
+    folder, _ = exported
+    for model, root, overrides, message in (
+        (folder, small_digits_root, ["quantize=int4"], "quantize=int4; use quantize=int8"),
+        (folder, small_digits_root, ["min_agreement=1.5"], "min_agreement=1.5: use a fraction"),
+        (
+            folder,
+            small_digits_root,
+            ["quantize=int8", "quantization.calibrate_method=guess"],
+            "use one of minmax, entropy, percentile",
+        ),
+        (tmp_path / "none", small_digits_root, [], "no trained model at"),
+        (folder, tmp_path / "nowhere", [], "dataset folder .*nowhere does not exist"),
+    ):
+        with pytest.raises(ImgclfError, match=message):
+            export(export_cfg(model, root, tmp_path, *overrides))
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".onnx") == ["model.onnx"]
