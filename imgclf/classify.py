@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from imgclf.predict import Predictor
+from imgclf.runtimes import load_predictor
 
 
 def image_paths(img: Any) -> list[str]:
@@ -18,5 +18,5 @@ def image_paths(img: Any) -> list[str]:
 def classify(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """{path: {label: probability}} in the order the paths were given."""
     paths = image_paths(cfg.img)
-    predictor = Predictor.from_file(cfg.ckpt_path, precision=cfg.precision)
+    predictor = load_predictor(cfg.ckpt_path, cfg.runtime, precision=cfg.precision)
     return dict(zip(paths, predictor.classify(paths)))

@@ -18,13 +18,14 @@ from imgclf import report
 from imgclf.errors import ImgclfError
 from imgclf.folders import SPLITS, ImageDataset, SplitListing, list_split, split_listings
 from imgclf.metrics import classification_metrics, most_confused_pairs, top_loss_entries
-from imgclf.predict import Predictor
+from imgclf.predict import PredictorBase
+from imgclf.runtimes import load_predictor
 from imgclf.transforms import TTA_VIEWS, TenCropViews
 
 log = logging.getLogger(__name__)
 
 
-def split_listing(predictor: Predictor, root: str | Path, split: str) -> SplitListing:
+def split_listing(predictor: PredictorBase, root: str | Path, split: str) -> SplitListing:
     """The split's files; without a val/ folder, train and val are the split the model recorded."""
     root = Path(root)
     val_split = predictor.record.get("val_split")
@@ -33,7 +34,7 @@ def split_listing(predictor: Predictor, root: str | Path, split: str) -> SplitLi
     return list_split(root, split)
 
 
-def split_samples(predictor: Predictor, listing: SplitListing) -> list[tuple[Path, int]]:
+def split_samples(predictor: PredictorBase, listing: SplitListing) -> list[tuple[Path, int]]:
     """The split's images labelled with the *model's* class indices.
 
     Fails, naming both sides, when the folder's classes and the model's do not fit.
@@ -62,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.split
     if split not in SPLITS:
         raise ImgclfError(f"split={split!r}; use {', '.join(SPLITS)}")
-    predictor = Predictor.from_file(cfg.ckpt_path, precision=cfg.precision)
+    predictor = load_predictor(cfg.ckpt_path, cfg.runtime, precision=cfg.precision)
     listing = split_listing(predictor, cfg.data.root, split)
     samples = split_samples(predictor, listing)
     dataset = ImageDataset(samples, predictor.transform, on_error="mark")
@@ -81,6 +82,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         {
             "split": split,
             "model": str(cfg.ckpt_path),
+            "runtime": predictor.runtime,
+            "model_file": str(predictor.source),
+            "precision": predictor.precision,
             "data_root": str(cfg.data.root),
             "left_out": [str(path) for path in left_out],
         }

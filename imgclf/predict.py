@@ -3,6 +3,8 @@
 :func:`run_network` serves evaluation, train.py's final accuracy, the feature store and the
 review's backbone features. :class:`Predictor` (a model file, its preprocessing and the precision
 it runs in) serves eval.py, classify.py and the server, so that all three give the same answer.
+:class:`PredictorBase` is what it shares with the ONNX Runtime predictor (:mod:`imgclf.runtimes`):
+decoding, pixels and the shape of the answers, so that only what runs the network differs.
 Nothing here imports Lightning.
 """
 
@@ -111,8 +113,72 @@ def probe_images(size: int, count: int = 8) -> list[Image.Image]:
     return images
 
 
-class Predictor:
-    """A trained model, ready to answer: preprocessing, precision and class names included."""
+class PredictorBase:
+    """A model ready to answer, whatever runs its network: class names, pixels and answers.
+
+    Subclasses set ``precision`` and implement ``predict_batch``; ``runtime`` names what runs the
+    network (``torch`` or ``onnx``).
+    """
+
+    runtime = ""
+
+    def __init__(
+        self,
+        record: dict[str, Any],
+        preprocessing: dict[str, Any],
+        backbone: str,
+        source: str | os.PathLike | None = None,
+    ) -> None:
+        self.record = record
+        self.source = Path(source) if source else None
+        self.classes: list[str] = list(record["classes"])
+        self.preprocessing: dict[str, Any] = dict(preprocessing)
+        self.hparams: dict[str, Any] = dict(record.get("hparams", {}))
+        self.backbone = backbone
+        self.transform = eval_transform(self.preprocessing)
+        self.precision = "32-true"
+
+    def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalised images [N, 3, H, W] -> class probabilities [N, K] (float32)."""
+        raise NotImplementedError
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def load(self, source: str | os.PathLike | bytes) -> torch.Tensor:
+        """Decode (raising ImageDecodeError on bad input) and preprocess one image."""
+        return self.preprocess(load_image(source))
+
+    def predict_dataset(
+        self, dataset: Dataset, batch_size: int, num_workers: int, description: str = "predicting"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Probabilities, targets and sample indices of the dataset's decodable images."""
+        return run_network(self.predict_batch, dataset, batch_size, num_workers, description)
+
+    def as_dict(self, probabilities: torch.Tensor) -> dict[str, float]:
+        """{label: probability} in the model's class order."""
+        return {label: float(p) for label, p in zip(self.classes, probabilities.tolist())}
+
+    def ranked(self, probabilities: torch.Tensor, top_k: int | None = None) -> list[dict[str, Any]]:
+        """[{label, probability}] best first, optionally only the best ``top_k``."""
+        order = torch.argsort(probabilities, descending=True)[: top_k or None]
+        return [{"label": self.classes[i], "probability": float(probabilities[i])} for i in order]
+
+    def classify(
+        self, sources: Iterable[str | os.PathLike | bytes], batch_size: int = 16
+    ) -> list[dict[str, float]]:
+        tensors = [self.load(source) for source in sources]
+        results = []
+        for start in range(0, len(tensors), batch_size):
+            probabilities = self.predict_batch(torch.stack(tensors[start : start + batch_size]))
+            results.extend(self.as_dict(row) for row in probabilities)
+        return results
+
+
+class Predictor(PredictorBase):
+    """A trained model run by PyTorch, ready to answer: preprocessing, precision and classes included."""
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -126,13 +192,7 @@ class Predictor:
     ) -> None:
         if precision not in PRECISIONS:
             raise ImgclfError(f"precision={precision!r}; use one of {', '.join(PRECISIONS)}")
-        self.record = record
-        self.source = Path(source) if source else None
-        self.classes: list[str] = list(record["classes"])
-        self.preprocessing: dict[str, Any] = dict(model.preprocessing)
-        self.hparams: dict[str, Any] = dict(record.get("hparams", {}))
-        self.backbone: str = model.backbone_config["name"]
-        self.transform = eval_transform(self.preprocessing)
+        super().__init__(record, model.preprocessing, model.backbone_config["name"], source)
         self.device = torch.device(device)
         self.channels_last = channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -173,13 +233,6 @@ class Predictor:
         else:
             self.precision = chosen
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
-
-    def load(self, source: str | os.PathLike | bytes) -> torch.Tensor:
-        """Decode (raising ImageDecodeError on bad input) and preprocess one image."""
-        return self.preprocess(load_image(source))
-
     @torch.inference_mode()
     def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised images [N, 3, H, W] -> class probabilities [N, K] (float32)."""
@@ -189,28 +242,3 @@ class Predictor:
         with self._autocast():
             logits = self.model(batch)
         return torch.softmax(logits.float(), dim=1).cpu()
-
-    def predict_dataset(
-        self, dataset: Dataset, batch_size: int, num_workers: int, description: str = "predicting"
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Probabilities, targets and sample indices of the dataset's decodable images."""
-        return run_network(self.predict_batch, dataset, batch_size, num_workers, description)
-
-    def as_dict(self, probabilities: torch.Tensor) -> dict[str, float]:
-        """{label: probability} in the model's class order."""
-        return {label: float(p) for label, p in zip(self.classes, probabilities.tolist())}
-
-    def ranked(self, probabilities: torch.Tensor, top_k: int | None = None) -> list[dict[str, Any]]:
-        """[{label, probability}] best first, optionally only the best ``top_k``."""
-        order = torch.argsort(probabilities, descending=True)[: top_k or None]
-        return [{"label": self.classes[i], "probability": float(probabilities[i])} for i in order]
-
-    def classify(
-        self, sources: Iterable[str | os.PathLike | bytes], batch_size: int = 16
-    ) -> list[dict[str, float]]:
-        tensors = [self.load(source) for source in sources]
-        results = []
-        for start in range(0, len(tensors), batch_size):
-            probabilities = self.predict_batch(torch.stack(tensors[start : start + batch_size]))
-            results.extend(self.as_dict(row) for row in probabilities)
-        return results

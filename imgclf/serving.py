@@ -44,12 +44,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
 from imgclf.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor, end_children
-from imgclf.predict import Predictor
+from imgclf.runtimes import choose_model, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def image_bytes(form: Any) -> bytes:
 
 
 class ClassifierAPI(ls.LitAPI):
-    """One model file behind ``POST /classify``; the same :class:`Predictor` as classify.py."""
+    """One model file behind ``POST /classify``; the same predictor as classify.py (``runtime``)."""
 
     def __init__(
         self,
@@ -132,6 +131,7 @@ class ClassifierAPI(ls.LitAPI):
         threads: int | None = None,
         max_batch_size: int = 8,
         batch_timeout: float = 0.01,
+        runtime: str = "torch",
     ) -> None:
         # LitServe's batched loop even for max_batch_size=1, so that rejections work the same way.
         super().__init__(
@@ -146,6 +146,7 @@ class ClassifierAPI(ls.LitAPI):
         self.channels_last = channels_last
         self.max_pixels = int(max_pixels)
         self.threads = threads
+        self.runtime = runtime
         # Written by the inference worker once it has checked bf16 against fp32, read by /info in
         # the HTTP processes: shared memory, as the two never share Python objects.
         self.resolved_precision = mp.get_context("spawn").Array("c", 32)
@@ -165,11 +166,13 @@ class ClassifierAPI(ls.LitAPI):
 
     def load(self, device: str) -> None:
         try:
-            self.predictor = Predictor.from_file(
+            self.predictor = load_predictor(
                 self.ckpt_path,
+                self.runtime,
                 precision=self.precision,
                 channels_last=self.channels_last,
                 device=device,
+                threads=self.threads,
             )
         except Exception as exc:
             if isinstance(exc, ImgclfError):
@@ -283,13 +286,19 @@ def install_error_handlers(app: FastAPI, max_bytes: int) -> None:
 
 def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
     """What /info reports that does not change while serving; precision and load are read live."""
-    record = read_model(cfg.ckpt_path)  # also fails fast, in the main process, on a bad path
+    # Also fails fast, in the main process, on a bad path or a runtime that cannot run;
+    # the worker's load_predictor makes the same choice from the same files.
+    device = "cuda" if uses_cuda(cfg.accelerator) else "cpu"
+    choice = choose_model(cfg.ckpt_path, cfg.runtime, cfg.precision, device)
+    record = choice.record()
     return {
         "backbone": record["architecture"]["backbone"]["name"],
         "image_size": record["architecture"]["image_size"],
         "classes": list(record["classes"]),
         "hparams": record.get("hparams", {}),
         "model_path": os.path.abspath(cfg.ckpt_path),
+        "runtime": choice.runtime,
+        "model_file": os.path.abspath(choice.path),
         "preprocessing": record["preprocessing"],
         "server": {
             "accelerator": cfg.accelerator,
@@ -389,6 +398,7 @@ def build_server(cfg: Any) -> ls.LitServer:
         threads=cpu_threads(cfg),
         max_batch_size=cfg.max_batch_size,
         batch_timeout=cfg.batch_timeout,
+        runtime=cfg.runtime,
     )
     info = model_info(cfg, api)
     max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
