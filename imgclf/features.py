@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from imgclf.data import ImageFolderDataModule
 from imgclf.errors import ImgclfError
+from imgclf.hashing import sha256_file
 from imgclf.predict import backbone_forward, run_network
 from imgclf.store import (
     FORMAT,
@@ -52,18 +53,14 @@ VIEW_SEED = 7919  # the augmented views are the same for every run seed: one sto
 
 
 @functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
     # Keyed by size and mtime: every trial of a sweep would otherwise hash ~100 MB again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def weights_sha256(path: str | os.PathLike) -> str:
     stat = os.stat(path)
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return _weights_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def store_key(
@@ -72,7 +69,7 @@ def store_key(
     description = {
         "format": FORMAT,
         "backbone": backbone,
-        "weights": file_sha256(weights_file),
+        "weights": weights_sha256(weights_file),
         "preprocessing": data.preprocessing,
         "augmentation": data.augmentation,
         "views": views_of(data, views),
