@@ -22,6 +22,7 @@ from imgclf.errors import ImgclfError
 from imgclf.features import FeatureDataModule
 from imgclf.module import fused_if_available
 from imgclf.train import train
+from imgclf.tune import BEST_HPARAMS, apply_best_hparams, write_best_hparams
 
 # Trials stay small: 1-2 epochs of a frozen backbone on cached features, no stage 2.
 SMALL_SEARCH = [
@@ -115,6 +116,36 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
     assert defaults.returncode == 0, defaults.stderr[-3000:]
     assert "Using the best hyperparameters" not in defaults.stdout
     assert torch.load(model_dir / "model.ckpt", weights_only=True)["hparams"]["head"]["hidden_size"] == 1024
+
+
+def test_best_hparams_recompose_the_config_and_the_command_line_wins(tmp_path):
+    """Applied to a config composed with Hydra's compose API, as the test fixtures compose them."""
+    model_dir = tmp_path / "model"
+    params = {
+        "model.head.hidden_size": 77,
+        "model.optimizer.lr": 0.01,
+        "+model.optimizer.weight_decay": 0.001,
+        "logger": "tensorboard",
+        "callbacks": "none",
+        "model.head.activation": "tanh",
+    }
+    write_best_hparams(model_dir / BEST_HPARAMS, params, metric="val/acc", value=0.9)
+    command_line = [f"paths.model_dir={model_dir}", "model.optimizer.lr=0.5", "callbacks=early_stopping"]
+    cfg = apply_best_hparams(compose("train", command_line, output_dir=tmp_path))
+    assert cfg.model.head.hidden_size == 77 and cfg.model.head.activation == "tanh"
+    assert cfg.model.optimizer.weight_decay == 0.001
+    assert set(cfg.logger) == {"tensorboard"}, "the logger group's choice is applied"
+    assert cfg.model.optimizer.lr == 0.5, "a key on the command line wins"
+    assert "early_stopping" in cfg.callbacks, "a group on the command line wins"
+
+    off = compose("train", command_line + ["use_best_hparams=false"], output_dir=tmp_path)
+    assert apply_best_hparams(off) is off
+
+    # a config changed after composition would lose the change: refused, not silently recomposed
+    changed = compose("train", command_line, output_dir=tmp_path)
+    changed.trainer.max_epochs = 3
+    with pytest.raises(ImgclfError, match="best_hparams.yaml cannot be applied.*use_best_hparams=false"):
+        apply_best_hparams(changed)
 
 
 def test_interrupted_sweep_resumes_the_same_study(tmp_path, small_digits_root, backbone_weights):
@@ -327,7 +358,14 @@ def test_a_crashing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, small_digi
 
 
 @pytest.mark.parametrize(
-    "content", ["params: {model.optimizer.lr: 0.01", "", "params: []", "params: {model.nope: 1}"]
+    "content",
+    [
+        "params: {model.optimizer.lr: 0.01",
+        "",
+        "params: []",
+        "params: {model.nope: 1}",
+        "params: {trainer: nope}",
+    ],
 )
 def test_broken_best_hparams_is_an_error(tmp_path, small_digits_root, content):
     model_dir = tmp_path / "model"
