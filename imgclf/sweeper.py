@@ -156,14 +156,17 @@ def parse_search_space(
                 f"search space entry {line!r}: {name} is not a config key of train.py "
                 "(see `python scripts/train.py --cfg job`)"
             )
-        for earlier in [k for k in (*space.distributions, *space.fixed) if bare_key(k) == name]:
+        key = override.get_key_element()
+        for earlier in [k for k in (*space.distributions, *space.fixed) if bare_key(k) == name and k != key]:
             space.distributions.pop(earlier, None)
             space.fixed.pop(earlier, None)
-        key = override.get_key_element()
         if not override.is_sweep_override():
+            space.distributions.pop(key, None)
             space.fixed[key] = override.get_value_element_as_str()
             continue
+        space.fixed.pop(key, None)
         try:
+            # a key searched again keeps its place: the seeded sampler draws in this order
             space.distributions[key] = distribution(override)
         except (ValueError, TypeError) as exc:  # Optuna refuses empty or reversed bounds
             raise ImgclfError(f"search space entry {line!r} is invalid: {exc}") from None
@@ -200,7 +203,8 @@ def open_study(
     Processes starting together on a new database race to create its tables; the loser retries
     and finds them made.
     """
-    for attempt in range(1, attempts + 1):
+    attempt = 1
+    while True:
         try:
             storage = None
             if url is not None:
@@ -227,7 +231,7 @@ def open_study(
                 raise ImgclfError(f"cannot open the study in {url}: {exc}") from None
             log.info("Storage busy (%s); retrying", type(exc).__name__)
             time.sleep(0.5 + random.random())
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 def fail_interrupted_trials(study: optuna.Study) -> list[int]:
