@@ -1,11 +1,17 @@
-"""Hydra's Optuna sweeper, made resumable and shareable.
+"""A Hydra sweeper on Optuna's public API: resumable, shareable between machines, crash-tolerant.
 
-``hydra.sweeper.n_trials`` is the number of trials the *study* should hold: rerunning an
-interrupted sweep tops it up instead of starting over, and several processes (or machines) on
-one storage URL share the work. The sampler is reseeded with the number of trials already in
-the study, so a seeded sampler does not replay the random points it already tried. Trials that
-crash are recorded as failed and the sweep goes on. At the end the best trials are shown and the
-best parameters are written to ``${paths.model_dir}/best_hparams.yaml``.
+It reads the configuration of Hydra's Optuna sweeper (``hydra.sweeper.sampler``, ``direction``,
+``storage``, ``study_name``, ``n_trials``, ``n_jobs``, ``max_failure_rate``,
+``custom_search_space``, ``params``) plus three keys of its own for interrupted trials.
+
+``n_trials`` is the number of trials the *study* should hold: rerunning an interrupted sweep tops
+it up instead of starting over, and several processes (or machines) on one storage URL share the
+work. The sampler is reseeded with the number of trials already in the study, so a seeded sampler
+does not replay the points it already tried. Trials that crash are recorded as failed and the
+sweep goes on. Every running trial has a heartbeat in the storage; a trial whose process was
+killed, on any machine, stops beating, and the next sweep on that study fails it once its last
+heartbeat is ``grace_period`` seconds old and queues it again (``max_retry`` times). At the end
+the best trials are shown and the best parameters written to ``${paths.model_dir}/best_hparams.yaml``.
 """
 
 from __future__ import annotations
@@ -16,145 +22,434 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
+import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
-from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method, instantiate
+from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from imgclf.errors import ImgclfError
-from imgclf.tune import BEST_HPARAMS, write_best_hparams
+from imgclf.tune import BEST_HPARAMS, bare_key, override_value, write_best_hparams
 
 log = logging.getLogger(__name__)
 OWNER = "imgclf_owner"
 _MISSING = object()
 
 
-def parse_search_space(lines: list[str], config: DictConfig) -> tuple[dict, dict, list]:
-    """Distributions, fixed values and fixed overrides; a bad entry is named before any trial."""
+@dataclass
+class ResumableOptunaSweeperConf(OptunaSweeperConf):
+    """Hydra's Optuna sweeper settings, plus how interrupted trials are found and rerun."""
+
+    _target_: str = "imgclf.sweeper.ResumableOptunaSweeper"
+    # a running trial writes a heartbeat to the storage this often (seconds)
+    heartbeat_interval: int = 10
+    # a RUNNING trial whose last heartbeat is older than this (seconds) was interrupted
+    grace_period: int = 30
+    # an interrupted trial is queued again this many times at most
+    max_retry: int = 1
+
+
+# This module is loaded when Hydra starts (it is a plugin entry point), before any config is
+# composed, so `override /hydra/sweeper: imgclf_optuna` finds this schema.
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="imgclf_optuna", node=ResumableOptunaSweeperConf, provider="imgclf"
+)
+
+
+@dataclass
+class SearchSpace:
+    """What each trial gets: sampled parameters, fixed overrides and deletions (``~key``)."""
+
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    fixed: dict[str, str] = field(default_factory=dict)
+    deletions: list[str] = field(default_factory=list)
+
+    def overrides(self, params: dict[str, Any]) -> list[str]:
+        return (
+            [f"{key}={override_value(value)}" for key, value in params.items()]
+            + [f"{key}={value}" for key, value in self.fixed.items()]
+            + self.deletions
+        )
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """The Optuna distribution of a Hydra sweep: choice, range or (int/log-tagged) interval."""
+    if override.is_choice_sweep():
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator(transformer=Transformer.encode))
+        if not values:
+            raise ValueError("the range holds no value")
+        steps = {b - a for a, b in zip(values, values[1:])} if all(type(v) is int for v in values) else None
+        if steps is not None and len(steps) <= 1:
+            return IntDistribution(min(values), max(values), step=abs(steps.pop()) if steps else 1)
+        return CategoricalDistribution(values)  # float ranges: their values, in their order
+    if override.is_interval_sweep():
+        interval = override.value()
+        log_scale = "log" in interval.tags
+        if isinstance(interval.start, int) and isinstance(interval.end, int):
+            return IntDistribution(interval.start, interval.end, log=log_scale)
+        return FloatDistribution(interval.start, interval.end, log=log_scale)
+    raise ValueError("only choice(), range() and interval() sweeps can be searched")
+
+
+def parse_search_space(
+    lines: list[str], config: DictConfig, group_options: Callable[[str], list[str]]
+) -> SearchSpace:
+    """Hydra sweep overrides as a search space; a bad entry is named before any trial runs.
+
+    Config-group choices (``logger=choice(csv,none)``, ``model/backbone=choice(...)``) are
+    categorical parameters like any other. A later entry for a key replaces an earlier one, so the
+    command line wins over ``hydra.sweeper.params``.
+    """
     groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
+    parser = OverridesParser.create()
+    space = SearchSpace()
     for line in lines:
-        key = line.split("=", 1)[0].lstrip("+~")
-        if key in groups:
-            continue
         try:
-            create_params_from_overrides([line])
-        except Exception as exc:  # Hydra's parser and Optuna's distributions raise various types
+            override = parser.parse_override(line)
+        except Exception as exc:  # Hydra's grammar errors come in several types
             raise ImgclfError(f"search space entry {line!r} is invalid: {exc}") from None
-        if OmegaConf.select(config, key, default=_MISSING) is _MISSING and not line.startswith("+"):
+        if override.is_delete():
+            space.deletions.append(line)
+            continue
+        name = bare_key(override.get_key_element())
+        if name in groups:
+            if override.is_interval_sweep():
+                raise ImgclfError(
+                    f"search space entry {line!r}: config group {name} takes choice() of its options"
+                )
+            options = [*group_options(name), "null"]  # null leaves the group out
+            swept = override.is_sweep_override()
+            for value in override.sweep_string_iterator() if swept else [override.get_value_element_as_str()]:
+                if value not in options:
+                    raise ImgclfError(
+                        f"search space entry {line!r}: {value} is not an option of config group {name} "
+                        f"(options: {', '.join(options[:-1])})"
+                    )
+        elif (
+            not (override.is_add() or override.is_force_add())
+            and OmegaConf.select(config, name, default=_MISSING) is _MISSING
+        ):
             raise ImgclfError(
-                f"search space entry {line!r}: {key} is not a config key of train.py "
+                f"search space entry {line!r}: {name} is not a config key of train.py "
                 "(see `python scripts/train.py --cfg job`)"
             )
-    return create_params_from_overrides(lines)
+        key = override.get_key_element()
+        for earlier in [k for k in (*space.distributions, *space.fixed) if bare_key(k) == name and k != key]:
+            space.distributions.pop(earlier, None)
+            space.fixed.pop(earlier, None)
+        if not override.is_sweep_override():
+            space.distributions.pop(key, None)
+            space.fixed[key] = override.get_value_element_as_str()
+            continue
+        space.fixed.pop(key, None)
+        try:
+            # a key searched again keeps its place: the seeded sampler draws in this order
+            space.distributions[key] = distribution(override)
+        except (ValueError, TypeError) as exc:  # Optuna refuses empty or reversed bounds
+            raise ImgclfError(f"search space entry {line!r} is invalid: {exc}") from None
+    return space
 
 
-def _owner() -> str:
+def owner() -> str:
+    """Which machine and process ran a trial, for people reading the study."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_orphaned_trials(study: optuna.Study) -> int:
-    """RUNNING trials left by a killed sweep on this machine are marked failed."""
-    host = socket.gethostname()
-    orphaned = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(trial.number, state=TrialState.FAIL)
-            orphaned += 1
-    return orphaned
 
 
 def trial_counts(study: optuna.Study) -> Counter:
     return Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
-def storage_url(storage: Any) -> Any:
+def storage_url(url: str) -> str:
     """Create the folder of a SQLite file so that the first sweep just works."""
-    if isinstance(storage, str) and storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return storage
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
-def open_study(name: str | None, storage: Any, directions: list[str], attempts: int = 5) -> optuna.Study:
-    """Create or load the study. Processes starting together on a new database race to create
-    its tables; the loser retries and finds them made."""
-    from sqlalchemy.exc import SQLAlchemyError
+def open_study(
+    name: str | None,
+    url: str | None,
+    direction: str,
+    heartbeat_interval: int,
+    grace_period: int,
+    max_retry: int,
+    attempts: int = 5,
+) -> tuple[optuna.Study, RDBStorage | None]:
+    """Create or load the study, its storage beating for running trials (none in memory).
 
-    for attempt in range(1, attempts + 1):
+    Processes starting together on a new database race to create its tables; the loser retries
+    and finds them made.
+    """
+    attempt = 1
+    while True:
         try:
-            return optuna.create_study(
-                study_name=name, storage=storage_url(storage), directions=directions, load_if_exists=True
+            storage = None
+            if url is not None:
+                with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    storage = RDBStorage(
+                        storage_url(url),
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                    )
+            study = optuna.create_study(
+                study_name=name, storage=storage, direction=direction, load_if_exists=True
             )
+            return study, storage
+        except ImportError as exc:  # no driver for the URL's database
+            raise ImgclfError(
+                f"cannot open the study in {url}: {exc} (PostgreSQL: pip install -e '.[postgres]')"
+            ) from None
+        except ArgumentError as exc:
+            raise ImgclfError(f"hydra.sweeper.storage {url!r} is not a database URL: {exc}") from None
         except SQLAlchemyError as exc:
             if attempt == attempts:
-                raise ImgclfError(f"cannot open the study in {storage}: {exc}") from None
+                raise ImgclfError(f"cannot open the study in {url}: {exc}") from None
             log.info("Storage busy (%s); retrying", type(exc).__name__)
             time.sleep(0.5 + random.random())
+            attempt += 1
 
 
-class ResumableSweep(OptunaSweeperImpl):
-    def __init__(self, sampler_config: DictConfig, **kwargs: Any) -> None:
-        super().__init__(sampler=None, **kwargs)
-        self.sampler_config = sampler_config
+def fail_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose heartbeat went stale (their process was killed, wherever it
+    ran); the storage's callback queues them again. Returns their numbers."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        fail_stale_trials(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return sorted(t.number for t in failed if t.number in running)
 
-    def _sampler(self, offset: int) -> optuna.samplers.BaseSampler:
-        config = OmegaConf.to_container(self.sampler_config, resolve=True)
-        if config.get("seed") is not None:
-            config["seed"] = int(config["seed"]) + offset
-        return instantiate(config, _execution_whitelist_=["optuna.samplers.*"])
+
+class Heartbeat:
+    """Record the heartbeats of this sweep's running trials, in a thread, while it runs.
+
+    ``Study.optimize`` beats for the one trial it runs; this sweeper hands batches of trials to
+    Hydra's launcher, so it beats for them itself through the storage's ``record_heartbeat``.
+    :meth:`watch` records a first beat at once: a trial without any is never found stale. Leaving
+    stops the thread without waiting for the next beat.
+    """
+
+    def __init__(self, storage: RDBStorage | None, study: optuna.Study) -> None:
+        self.storage = storage
+        self.study_id = None if storage is None else storage.get_study_id_from_name(study.study_name)
+        self.trial_ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def record(self, trial_id: int) -> None:
+        assert self.storage is not None
+        try:
+            self.storage.record_heartbeat(trial_id)
+        except Exception as exc:  # a busy or unreachable database: keep the trial running
+            log.warning("Could not record a heartbeat (%s); the next beat tries again", exc)
+
+    def watch(self, trial: optuna.Trial) -> None:
+        if self.storage is None:
+            return
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.record(trial_id)
+        with self.lock:
+            self.trial_ids.add(trial_id)
+
+    def forget(self) -> None:
+        with self.lock:
+            self.trial_ids.clear()
+
+    def run(self, interval: float) -> None:
+        while not self.stop.wait(interval):
+            with self.lock:
+                trial_ids = sorted(self.trial_ids)
+            for trial_id in trial_ids:
+                self.record(trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        if self.storage is not None:
+            interval = self.storage.get_heartbeat_interval()
+            self.thread = threading.Thread(target=self.run, args=(interval,), name="heartbeat", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def make_sampler(config: DictConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler, its seed moved on by ``offset`` (the trials already in the study)."""
+    settings = OmegaConf.to_container(config, resolve=True)
+    if settings.get("seed") is not None:
+        settings["seed"] = int(settings["seed"]) + offset
+    try:
+        sampler = instantiate(settings, _execution_whitelist_=["optuna.samplers.*"])
+    except Exception as exc:  # Hydra wraps a bad target or argument in its own exception
+        raise ImgclfError(f"hydra.sweeper.sampler cannot be built: {exc}") from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):  # GridSampler needs the space up front
+        raise ImgclfError(
+            f"hydra.sweeper.sampler {settings.get('_target_')} is not supported; use "
+            "optuna.samplers.TPESampler, GPSampler, RandomSampler, CmaEsSampler or QMCSampler"
+        )
+    return sampler
+
+
+class ResumableOptunaSweeper(Sweeper):
+    """Hydra sweeper plugin: Optuna's ask-and-tell loop around Hydra's launcher."""
+
+    def __init__(
+        self,
+        sampler: DictConfig,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        heartbeat_interval: int,
+        grace_period: int,
+        max_retry: int,
+    ) -> None:
+        self.sampler_config = sampler
+        self.direction = direction
+        self.storage = storage
+        self.study_name = study_name
+        self.n_trials = n_trials
+        self.n_jobs = n_jobs
+        self.max_failure_rate = max_failure_rate
+        self.custom_search_space = custom_search_space
+        self.params = params or {}
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_retry = max_retry
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.sweep_dir = config.hydra.sweep.dir
+        self.metric = str(config.get("optimized_metric", "value"))
+        self.job_idx = 0
 
     def sweep(self, arguments: list[str]) -> None:
+        # Hydra calls the sweeper as the entry point of a multirun: user errors end here.
         try:
-            self._sweep(arguments)
+            self.run(arguments)
         except ImgclfError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
 
-    def _sweep(self, arguments: list[str]) -> None:
-        self._process_searchspace_config()
-        distributions, fixed, fixed_overrides = parse_search_space(
-            self._parse_sweeper_params_config() + list(arguments), self.config
+    def check_settings(self) -> str:
+        """The one direction; bad settings are refused before the storage is touched."""
+        directions = self.direction if isinstance(self.direction, (list, tuple)) else [self.direction]
+        directions = [str(d.name if isinstance(d, Direction) else d) for d in directions]
+        if len(directions) != 1 or directions[0] not in ("maximize", "minimize"):
+            raise ImgclfError(
+                f"hydra.sweeper.direction {directions} is not supported: train.py returns one metric "
+                f"({self.metric}), so give maximize or minimize"
+            )
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ImgclfError(f"hydra.sweeper.max_failure_rate {self.max_failure_rate} is not in [0, 1]")
+        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
+            raise ImgclfError(
+                f"hydra.sweeper.heartbeat_interval ({self.heartbeat_interval}) must be at least 1 and "
+                f"hydra.sweeper.grace_period ({self.grace_period}) longer, or running trials look "
+                "interrupted between two beats"
+            )
+        if self.max_retry < 0:
+            raise ImgclfError(f"hydra.sweeper.max_retry {self.max_retry} is negative")
+        return directions[0]
+
+    def search_space_extender(self) -> Callable[[DictConfig, optuna.Trial], None] | None:
+        if not self.custom_search_space:
+            return None
+        try:
+            return get_method(self.custom_search_space)
+        except Exception as exc:  # not importable, or not a function
+            raise ImgclfError(f"hydra.sweeper.custom_search_space cannot be loaded: {exc}") from None
+
+    def run(self, arguments: list[str]) -> None:
+        direction = self.check_settings()
+        lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
+        space = parse_search_space(lines, self.config, self.hydra_context.config_loader.get_group_options)
+        extend = self.search_space_extender()
+        make_sampler(self.sampler_config, offset=0)
+        study, storage = open_study(
+            self.study_name,
+            self.storage,
+            direction,
+            self.heartbeat_interval,
+            self.grace_period,
+            self.max_retry,
         )
-        for name in fixed:
-            distributions.pop(name, None)
-        directions = self._get_directions()
-        study = open_study(self.study_name, self.storage, directions)
-        study.sampler = self._sampler(offset=len(study.trials))
-        orphaned = fail_orphaned_trials(study)
+        interrupted = fail_interrupted_trials(study)
+        study.sampler = make_sampler(self.sampler_config, offset=len(study.trials))
         counts = trial_counts(study)
         log.info(
             "Study %r in %s holds %d trials (%d complete, %d failed%s); target %d",
             study.study_name,
             self.storage,
-            sum(counts.values()),
+            sum(counts[s] for s in TrialState if s != TrialState.WAITING),
             counts[TrialState.COMPLETE],
             counts[TrialState.FAIL],
-            f", {orphaned} interrupted marked failed" if orphaned else "",
+            f", interrupted trials {interrupted} marked failed and queued again (max_retry={self.max_retry})"
+            if interrupted
+            else "",
             self.n_trials,
         )
+        if counts[TrialState.RUNNING]:
+            log.info(
+                "%d trials are running elsewhere, or were interrupted less than %d s ago: those are "
+                "failed and queued again once their heartbeat is that old",
+                counts[TrialState.RUNNING],
+                self.grace_period,
+            )
 
+        with Heartbeat(storage, study) as heartbeat:
+            self.optimize(study, space, extend, heartbeat)
+        self.finish(study, direction)
+
+    def optimize(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        extend: Callable[[DictConfig, optuna.Trial], None] | None,
+        heartbeat: Heartbeat,
+    ) -> None:
+        """Ask for batches of ``n_jobs`` trials and launch them until the study holds ``n_trials``."""
         failures = 0
         while True:
+            fail_interrupted_trials(study)  # others' killed trials, found while this sweep runs
             counts = trial_counts(study)
             remaining = self.n_trials - sum(
                 counts[s] for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -166,47 +461,79 @@ class ResumableSweep(OptunaSweeperImpl):
                     "Stopping: %d trials failed in this run; see their logs in %s", failures, self.sweep_dir
                 )
                 break
-            trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
-            for trial in trials:
-                trial.set_user_attr(OWNER, _owner())
-            overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
+            trials = [self.ask(study, space, extend, heartbeat) for _ in range(min(self.n_jobs, remaining))]
+            overrides = [space.overrides(trial.params) for trial in trials]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            heartbeat.forget()
             self.job_idx += len(returns)
-            for trial, ret in zip(trials, returns):
-                failures += not self._record(study, trial, ret)
-        self._finish(study, directions)
+            failed = sum(not self.record(study, trial, ret) for trial, ret in zip(trials, returns))
+            failures += failed
+            if failed / len(trials) > self.max_failure_rate:
+                raise ImgclfError(
+                    f"{failed} of the {len(trials)} trials of the last batch failed, more than "
+                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; "
+                    f"see their logs in {self.sweep_dir}"
+                )
 
-    def _record(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
+    def ask(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        extend: Callable[[DictConfig, optuna.Trial], None] | None,
+        heartbeat: Heartbeat,
+    ) -> optuna.Trial:
+        with warnings.catch_warnings():
+            # Optuna expects heartbeats with Study.optimize only; this sweeper records them itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(space.distributions)
+        heartbeat.watch(trial)
+        # Set after the first heartbeat: a trial with an owner can be found stale when it is killed.
+        trial.set_user_attr(OWNER, owner())
+        if extend is not None:
+            extend(self.config, trial)
+        return trial
+
+    def record(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
         try:
+            if ret.return_value is None:
+                raise ValueError(f"train.py returned no {self.metric} (optimized_metric)")
             value = float(ret.return_value)
             if not math.isfinite(value):
                 raise ValueError(f"the trial returned {value}")
         except Exception as exc:  # whatever the trial raised: record it, keep sweeping
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             log.warning("Trial %d failed: %s", trial.number, exc)
             return False
-        study.tell(trial, value)
+        frozen = study.tell(trial, value, skip_if_finished=True)
+        if frozen.state != TrialState.COMPLETE:
+            log.warning(
+                "Trial %d (%s %s) had been taken for interrupted by another sweep (no heartbeat for "
+                "%d s) and queued again; this result is not kept",
+                trial.number,
+                self.metric,
+                value,
+                self.grace_period,
+            )
+            return True
         params = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
         )
-        log.info("Trial %d: %s -> %s", trial.number, params, value)
+        log.info("Trial %d: %s -> %s %s", trial.number, params, self.metric, value)
         return True
 
-    def _finish(self, study: optuna.Study, directions: list[str]) -> None:
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    def finish(self, study: optuna.Study, direction: str) -> None:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
             raise ImgclfError(
                 f"no trial of study {study.study_name!r} completed; see the trial logs in {self.sweep_dir}"
             )
-        reverse = directions[0] == "maximize"
-        ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
-        show_best_trials(ranked[:5], metric=str(self.config.get("optimized_metric", "value")))
+        ranked = sorted(complete, key=lambda t: t.value, reverse=direction == "maximize")
+        show_best_trials(ranked[:5], metric=self.metric)
         best = ranked[0]
-        params = {**best.params}
         path = write_best_hparams(
             Path(self.config.paths.model_dir) / BEST_HPARAMS,
-            params,
-            metric=str(self.config.get("optimized_metric", "value")),
+            best.params,
+            metric=self.metric,
             value=float(best.value),
             trial=best.number,
             study=study.study_name,
@@ -214,27 +541,35 @@ class ResumableSweep(OptunaSweeperImpl):
             n_trials=len(study.trials),
         )
         counts = trial_counts(study)
+        running = f", {counts[TrialState.RUNNING]} running" if counts[TrialState.RUNNING] else ""
         print(
             f"Study {study.study_name!r} now holds {len(study.trials)} trials "
-            f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.FAIL]} failed). "
-            f"Best {self.config.get('optimized_metric', 'value')} {best.value:.4f} (trial {best.number}); "
-            f"parameters written to {path}"
+            f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.FAIL]} failed{running}). "
+            f"Best {self.metric} {best.value:.4f} (trial {best.number}); parameters written to {path}"
         )
         OmegaConf.save(
-            OmegaConf.create({"name": "optuna", "best_params": params, "best_value": best.value}),
+            OmegaConf.create({"name": "optuna", "best_params": best.params, "best_value": best.value}),
             Path(self.sweep_dir) / "optimization_results.yaml",
         )
 
 
-def show_best_trials(trials: list[optuna.trial.FrozenTrial], metric: str) -> None:
+def short_names(names: list[str]) -> dict[str, str]:
+    """``model.head.hidden_size`` -> ``hidden_size``, ``model/backbone`` -> ``backbone``, unless two
+    parameters would then share a name."""
+    last = {name: name.replace("/", ".").split(".")[-1] for name in names}
+    clashes = {short for short, n in Counter(last.values()).items() if n > 1}
+    return {name: name if short in clashes else short for name, short in last.items()}
+
+
+def show_best_trials(trials: list[FrozenTrial], metric: str) -> None:
     names = sorted({k for t in trials for k in t.params})
 
     def cell(value: Any) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value if value is not None else "")
 
     rows = [[str(t.number), f"{t.value:.4f}"] + [cell(t.params.get(n)) for n in names] for t in trials]
-    # Short headers ("lr", "hidden_size"); on a narrow terminal the headers fold, the values never.
-    headers = ["trial", metric] + [name.split(".")[-1] for name in names]
+    # On a narrow terminal the headers fold, the values never.
+    headers = ["trial", metric] + list(short_names(names).values())
     table = Table(title=f"best trials by {metric}", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, header in enumerate(headers):
         widest = max((len(row[i]) for row in rows), default=1)
@@ -246,31 +581,3 @@ def show_best_trials(trials: list[optuna.trial.FrozenTrial], metric: str) -> Non
     if not console.is_terminal:
         console = Console(width=max(console.width, 160))
     console.print(table)
-
-
-class ResumableOptunaSweeper(OptunaSweeper):
-    """Drop-in for Hydra's OptunaSweeper (same config), built on :class:`ResumableSweep`."""
-
-    def __init__(
-        self,
-        sampler: Any,
-        direction: Any,
-        storage: Any,
-        study_name: str | None,
-        n_trials: int,
-        n_jobs: int,
-        max_failure_rate: float,
-        custom_search_space: str | None,
-        params: DictConfig | None,
-    ) -> None:
-        self.sweeper = ResumableSweep(
-            sampler_config=sampler,
-            direction=direction,
-            storage=storage,
-            study_name=study_name,
-            n_trials=n_trials,
-            n_jobs=n_jobs,
-            max_failure_rate=max_failure_rate,
-            custom_search_space=custom_search_space,
-            params=params,
-        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from postgres import postgres_bin, postgres_server
 
@@ -22,6 +24,7 @@ from imgclf.errors import ImgclfError
 from imgclf.features import FeatureDataModule
 from imgclf.module import fused_if_available
 from imgclf.train import train
+from imgclf.tune import BEST_HPARAMS, apply_best_hparams, write_best_hparams
 
 # Trials stay small: 1-2 epochs of a frozen backbone on cached features, no stage 2.
 SMALL_SEARCH = [
@@ -69,13 +72,20 @@ def study(model_dir: Path, storage: str | None = None) -> optuna.Study:
 
 def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_root, backbone_weights):
     model_dir = tmp_path / "model"
-    result = run_script("train", *sweep_args(small_digits_root, model_dir, backbone_weights, 3))
+    # A config group is a categorical parameter; custom_search_space adds one define-by-run.
+    extra = ["logger=choice(csv,none)", "hydra.sweeper.custom_search_space=search_spaces.batch_size"]
+    tests = str(REPO_ROOT / "tests")
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+    result = run_script(
+        "train", *sweep_args(small_digits_root, model_dir, backbone_weights, 3, *extra), env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trials = study(model_dir).get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3
     best = max(trials, key=lambda t: t.value)
     document = yaml.safe_load((model_dir / "best_hparams.yaml").read_text())
     assert document["value"] == pytest.approx(best.value)
+    assert document["metric"] == "val/acc"
     assert document["params"] == best.params
     assert set(best.params) == {
         "trainer.max_epochs",
@@ -85,41 +95,95 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
         "model.head.num_layers",
         "model.head.activation",
         "model.class_weighting",
+        "logger",
+        "data.batch_size",
     }
+    assert best.params["logger"] in ("csv", "none")
     assert "best trials by val/acc" in result.stdout
     # piped, the table prints whole: full headers and values, not "hidde…" and "0.00…"
-    assert "hidden_size" in result.stdout and "max_epochs" in result.stdout
+    assert "hidden_size" in result.stdout and "max_epochs" in result.stdout and "logger" in result.stdout
     assert f"{best.params['model.optimizer.lr']:.3g}" in result.stdout
     assert "Trainable params" not in result.stdout + result.stderr  # no model table per trial
 
     # the command line wins over best_hparams.yaml, so leave the searched keys off it
-    fast = [o for o in FAST_TRAIN if not o.startswith("model.optimizer.lr")]
+    searched = ("model.optimizer.lr", "logger", "data.batch_size")
+    fast = [o for o in FAST_TRAIN if not o.startswith(searched)]
     common = [
         *fast,
         f"data.root={small_digits_root}",
         f"paths.model_dir={model_dir}",
-        f"paths.log_dir={tmp_path / 'logs'}",
         "model.pretrained=true",
         f"model.weights_path={backbone_weights}",
         f"paths.cache_dir={model_dir / 'cache'}",
     ]
-    applied = run_script("train", *common)
+    applied = run_script("train", *common, f"paths.log_dir={tmp_path / 'applied'}")
     assert applied.returncode == 0, applied.stderr[-3000:]
     assert f"Using the best hyperparameters from {model_dir / 'best_hparams.yaml'}" in applied.stdout
     hparams = torch.load(model_dir / "model.ckpt", weights_only=True)["hparams"]
     assert hparams["head"]["hidden_size"] == best.params["model.head.hidden_size"]
     assert hparams["max_epochs"] == best.params["trainer.max_epochs"]
     assert hparams["optimizer"]["lr"] == pytest.approx(best.params["model.optimizer.lr"])
+    assert hparams["batch_size"] == best.params["data.batch_size"]
+    # the logger group's choice was applied: CSVLogger writes metrics.csv, logger=none nothing
+    wrote_csv = bool(list((tmp_path / "applied").rglob("metrics.csv")))
+    assert wrote_csv == (best.params["logger"] == "csv")
 
-    defaults = run_script("train", *common, "use_best_hparams=false", "trainer.max_epochs=1")
+    defaults = run_script(
+        "train",
+        *common,
+        f"paths.log_dir={tmp_path / 'defaults'}",
+        "use_best_hparams=false",
+        "trainer.max_epochs=1",
+    )
     assert defaults.returncode == 0, defaults.stderr[-3000:]
     assert "Using the best hyperparameters" not in defaults.stdout
     assert torch.load(model_dir / "model.ckpt", weights_only=True)["hparams"]["head"]["hidden_size"] == 1024
+    assert list((tmp_path / "defaults").rglob("metrics.csv")), "the default logger is csv"
 
 
-def test_interrupted_sweep_resumes_the_same_study(tmp_path, small_digits_root, backbone_weights):
+def test_best_hparams_recompose_the_config_and_the_command_line_wins(tmp_path):
+    """Applied to a config composed with Hydra's compose API, as the test fixtures compose them."""
     model_dir = tmp_path / "model"
-    args = sweep_args(small_digits_root, model_dir, backbone_weights, 4)
+    params = {
+        "model.head.hidden_size": 77,
+        "model.optimizer.lr": 0.01,
+        "+model.optimizer.weight_decay": 0.001,
+        "logger": "tensorboard",
+        "callbacks": "none",
+        "model.head.activation": "tanh",
+    }
+    write_best_hparams(model_dir / BEST_HPARAMS, params, metric="val/acc", value=0.9)
+    command_line = [f"paths.model_dir={model_dir}", "model.optimizer.lr=0.5", "callbacks=early_stopping"]
+    cfg = apply_best_hparams(compose("train", command_line, output_dir=tmp_path))
+    assert cfg.model.head.hidden_size == 77 and cfg.model.head.activation == "tanh"
+    assert cfg.model.optimizer.weight_decay == 0.001
+    assert set(cfg.logger) == {"tensorboard"}, "the logger group's choice is applied"
+    assert cfg.model.optimizer.lr == 0.5, "a key on the command line wins"
+    assert "early_stopping" in cfg.callbacks, "a group on the command line wins"
+
+    off = compose("train", command_line + ["use_best_hparams=false"], output_dir=tmp_path)
+    assert apply_best_hparams(off) is off
+
+    # a config changed after composition would lose the change: refused, not silently recomposed
+    changed = compose("train", command_line, output_dir=tmp_path)
+    changed.trainer.max_epochs = 3
+    with pytest.raises(ImgclfError, match="best_hparams.yaml cannot be applied.*use_best_hparams=false"):
+        apply_best_hparams(changed)
+
+
+def test_killed_sweep_resumes_the_same_study_and_retries_the_killed_trial(
+    tmp_path, small_digits_root, backbone_weights
+):
+    model_dir = tmp_path / "model"
+    grace = 2  # seconds without a heartbeat after which a RUNNING trial counts as killed
+    args = sweep_args(
+        small_digits_root,
+        model_dir,
+        backbone_weights,
+        4,
+        "hydra.sweeper.heartbeat_interval=1",
+        f"hydra.sweeper.grace_period={grace}",
+    )
     process = subprocess.Popen(
         [sys.executable, "scripts/train.py", *args],
         cwd=REPO_ROOT,
@@ -129,27 +193,34 @@ def test_interrupted_sweep_resumes_the_same_study(tmp_path, small_digits_root, b
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and process.poll() is None:
         try:  # never create the database here: only read one the sweep has made
-            counts = (
-                [t.state for t in study(model_dir).get_trials()] if (model_dir / "optuna.db").exists() else []
-            )
+            trials = study(model_dir).get_trials() if (model_dir / "optuna.db").exists() else []
         except Exception:  # the sweep is still creating its tables
-            counts = []
-        if counts.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in counts:
+            trials = []
+        completed = sum(t.state == TrialState.COMPLETE for t in trials)
+        # a trial gets its owner after its first heartbeat
+        if completed >= 2 and any(t.state == TrialState.RUNNING and t.user_attrs for t in trials):
             break
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = study(model_dir).get_trials()
     completed_before = [t for t in before if t.state == TrialState.COMPLETE]
+    (killed,) = [t for t in before if t.state == TrialState.RUNNING]
     assert 2 <= len(completed_before) < 4
 
+    time.sleep(grace + 1)  # nothing beats for the killed trial any more; SQLite's clock has 1 s steps
     result = run_script("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"holds {len(before)} trials" in result.stderr + result.stdout
+    output = result.stderr + result.stdout
+    assert f"holds {len(before)} trials" in output
+    assert f"interrupted trials [{killed.number}] marked failed and queued again" in output
     after = study(model_dir).get_trials()
     assert [t.number for t in after[: len(before)]] == [t.number for t in before]
+    assert after[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in after if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert sum(t.state == TrialState.COMPLETE for t in after) == 4
-    assert not any(t.state == TrialState.RUNNING for t in after)
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in after)
     points = [tuple(sorted(t.params.items())) for t in after if t.state == TrialState.COMPLETE]
     assert len(set(points)) == len(points), "a resumed sweep proposed a point it had already tried"
 
@@ -288,21 +359,26 @@ def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weig
 
 
 @pytest.mark.parametrize(
-    "entry, message",
+    "entries, message",
     [
-        ("model.head.hiden_size=int(interval(8,64))", "model.head.hiden_size is not a config key"),
+        (["model.head.hiden_size=int(interval(8,64))"], "model.head.hiden_size is not a config key"),
         (
-            "model.optimizer.lr=tag(log,interval(0.1,0.001))",
+            ["model.optimizer.lr=tag(log,interval(0.1,0.001))"],
             "model.optimizer.lr=tag(log,interval(0.1,0.001))",
         ),
-        ("model.head.dropout=interval(0.0,-0.5)", "model.head.dropout=interval(0.0,-0.5)"),
+        (["model.head.dropout=interval(0.0,-0.5)"], "model.head.dropout=interval(0.0,-0.5)"),
+        (["logger=choice(csv,tensorbord)"], "tensorbord is not an option of config group logger"),
+        (
+            ["hydra.sweeper.heartbeat_interval=10", "hydra.sweeper.grace_period=5"],
+            "hydra.sweeper.grace_period (5) longer",
+        ),
     ],
 )
 def test_bad_search_space_fails_before_any_trial(
-    tmp_path, small_digits_root, backbone_weights, entry, message
+    tmp_path, small_digits_root, backbone_weights, entries, message
 ):
     model_dir = tmp_path / "model"
-    result = run_script("train", *sweep_args(small_digits_root, model_dir, backbone_weights, 2), entry)
+    result = run_script("train", *sweep_args(small_digits_root, model_dir, backbone_weights, 2), *entries)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
@@ -326,8 +402,30 @@ def test_a_crashing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, small_digi
     assert all(t.params["model.head.activation"] == "sigmoidal" for t in failed)
 
 
+def test_a_sweep_whose_trials_all_fail_stops(tmp_path, small_digits_root, backbone_weights):
+    model_dir = tmp_path / "model"
+    broken = sweep_args(small_digits_root, model_dir, backbone_weights, 1, "model.head.activation=sigmoidal")
+    # max_failure_rate: a batch with more failures than that stops the sweep at once
+    result = run_script("train", *broken, "hydra.sweeper.max_failure_rate=0.0")
+    assert result.returncode == 2
+    assert "max_failure_rate=0.0" in result.stderr and "Traceback" not in result.stderr
+    assert [t.state for t in study(model_dir).get_trials()] == [TrialState.FAIL]
+    # with the default (1.0) the sweep gives up after twice n_trials failures in one run
+    result = run_script("train", *broken)
+    assert result.returncode == 2
+    assert "no trial of study 'imgclf' completed" in result.stderr
+    assert [t.state for t in study(model_dir).get_trials()] == [TrialState.FAIL] * 3
+
+
 @pytest.mark.parametrize(
-    "content", ["params: {model.optimizer.lr: 0.01", "", "params: []", "params: {model.nope: 1}"]
+    "content",
+    [
+        "params: {model.optimizer.lr: 0.01",
+        "",
+        "params: []",
+        "params: {model.nope: 1}",
+        "params: {trainer: nope}",
+    ],
 )
 def test_broken_best_hparams_is_an_error(tmp_path, small_digits_root, content):
     model_dir = tmp_path / "model"
