@@ -21,7 +21,6 @@ from postgres import postgres_bin, postgres_server
 
 from imgclf.config import build
 from imgclf.errors import ImgclfError
-from imgclf.features import FeatureDataModule
 from imgclf.module import fused_if_available
 from imgclf.train import train
 from imgclf.tune import BEST_HPARAMS, apply_best_hparams, write_best_hparams
@@ -270,52 +269,36 @@ def frozen_backbone_cfg(weights: Path, root: Path, tmp_path: Path, model_dir: Pa
     )
 
 
-def test_feature_cache_is_reused_and_invalidated(tmp_path, small_digits_root, backbone_weights, caplog):
+def test_feature_store_is_reused_and_invalidated(tmp_path, small_digits_root, backbone_weights, caplog):
+    """A store is keyed by what its features depend on: a new head reuses it; a new image size
+    or new backbone weights compute a new one beside it."""
     cache = tmp_path / "cache"
 
-    def run(*extra: str) -> dict:
+    def run(*extra: str) -> str:
         cfg = frozen_backbone_cfg(
             backbone_weights, small_digits_root, tmp_path, tmp_path / "model", "trainer.max_epochs=1", *extra
         )
         with caplog.at_level("INFO"):
             caplog.clear()
-            metrics = train(cfg)
-        return {"metrics": metrics, "log": caplog.text}
+            train(cfg)
+        return caplog.text
 
-    first = run()
-    assert "Computing backbone features once" in first["log"]
-    assert len(list(cache.glob("*.pt"))) == 1
+    def stores() -> int:
+        return sum(1 for path in cache.iterdir() if path.is_dir())
+
+    assert "Computing backbone features once" in run()
+    assert stores() == 1
     # stage 1 keeps its best head in memory: no checkpoint of the whole network per epoch
     assert not list(tmp_path.rglob("*.ckpt"))
-    second = run("model.head.hidden_size=32", "model.optimizer.lr=0.01")
-    assert "Reusing cached backbone features" in second["log"]
-    assert len(list(cache.glob("*.pt"))) == 1
-    assert "Computing backbone features once" in run("data.image_size=80")["log"]
+    assert "Reusing the feature store" in run("model.head.hidden_size=32", "model.optimizer.lr=0.01")
+    assert stores() == 1
+    assert "Computing backbone features once" in run("data.image_size=80")
     other_weights = tmp_path / "other.pth"
     state = torch.load(backbone_weights, weights_only=True)
     state["Conv2d_1a_3x3.conv.weight"] = state["Conv2d_1a_3x3.conv.weight"] * 1.01
     torch.save(state, other_weights)
-    assert "Computing backbone features once" in run(f"model.weights_path={other_weights}")["log"]
-    assert len(list(cache.glob("*.pt"))) == 3
-
-
-def test_feature_batches_hold_every_image_once_as_one_of_its_views():
-    views, dim = 3, 4
-    train = torch.arange(7 * views * dim, dtype=torch.float16).reshape(7, views, dim)
-    val = torch.arange(5 * dim, dtype=torch.float16).reshape(5, dim)
-    features = {"train": train, "train_targets": torch.arange(7), "val": val, "val_targets": torch.arange(5)}
-    datamodule = FeatureDataModule(features, batch_size=3)
-
-    seen = []
-    for items, targets in datamodule.train_dataloader():
-        assert items.dtype == torch.float32 and len(items) <= 3
-        for item, target in zip(items, targets):
-            assert any(torch.equal(item, view.float()) for view in train[target])
-        seen += targets.tolist()
-    assert sorted(seen) == list(range(7))
-    batches = list(datamodule.val_dataloader())
-    assert len(batches) == 1
-    assert torch.equal(batches[0][0], val.float()) and batches[0][1].tolist() == list(range(5))
+    assert "Computing backbone features once" in run(f"model.weights_path={other_weights}")
+    assert stores() == 3
 
 
 def test_optimiser_runs_fused_unless_the_config_says_otherwise():
