@@ -3,11 +3,13 @@
 ``make demo`` and the end-to-end test train Inception v3 from scratch on scikit-learn's digits
 (``+experiment=digits``). Kernels and precision differ between CPUs (bf16 autocast on those with
 native bf16, fp32 on AVX2-only ones), and so does the result for one seed. Each run here is
-``scripts/train.py`` then ``scripts/eval.py split=test``, in two modes:
+``scripts/train.py`` then ``scripts/eval.py split=test``, in the CPU modes of
+``imgclf.hardware.CPU_MODES``:
 
 - ``native``: whatever ``precision=auto`` picks on this CPU;
 - ``avx2``: PyTorch and oneDNN capped to AVX2 (``ATEN_CPU_CAPABILITY=avx2``,
-  ``ONEDNN_MAX_CPU_ISA=AVX2``), so ``auto`` picks fp32 and the kernels are an AVX2 machine's.
+  ``ONEDNN_MAX_CPU_ISA=AVX2``), so ``auto`` picks fp32 and the kernels are an AVX2 machine's;
+- ``avx512-fp32``: oneDNN capped below bf16, so ``auto`` picks fp32 on AVX-512 kernels.
 
     python benchmarks/demo_recipe.py [--seeds 0 1 2] [--modes native avx2] [--source-size 32 64]
         [-- extra train.py overrides]
@@ -27,9 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgclf.hardware import describe_machine  # noqa: E402
-
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+from imgclf.hardware import CPU_MODES, describe_machine  # noqa: E402
 
 
 def script(name: str, args: list[str], env: dict[str, str]) -> str:
@@ -52,7 +52,7 @@ def figure(text: str, label: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--modes", nargs="+", default=["native", "avx2"], choices=["native", "avx2"])
+    parser.add_argument("--modes", nargs="+", default=["native", "avx2"], choices=list(CPU_MODES))
     # 64 px: the demo's folders (make demo); 32 px: the test suite's
     parser.add_argument("--source-size", type=int, nargs="+", default=[64])
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
@@ -70,7 +70,7 @@ def main() -> None:
             data = Path(tmp) / f"digits{size}"
             make_digits_dataset(data, size=size)
             for mode in args.modes:
-                env = AVX2_ONLY if mode == "avx2" else {}
+                env = CPU_MODES[mode]
                 for seed in args.seeds:
                     model_dir = Path(tmp) / f"model-{size}-{mode}-{seed}"
                     common = [f"data.root={data}", f"paths.model_dir={model_dir}"]

@@ -53,7 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the calibrated model and server helpers live there
 from calibrated import calibrated_classifier, folder_images, save_classifier  # noqa: E402
 from conftest import backbone_config  # noqa: E402
-from processes import free_port, stop  # noqa: E402
+from processes import free_port, stop, wait_until_healthy  # noqa: E402
 
 HOCKEY = REPO_ROOT.parent / "shared" / "data" / "real-hockey"
 BATCHES = (1, 8)
@@ -158,7 +158,6 @@ def jpeg_uploads(root: Path, count: int) -> list[bytes]:
 
 
 def start_server(ckpt: Path, precision: str, port: int, log_path: Path) -> subprocess.Popen:
-    import httpx
 
     command = [
         sys.executable,
@@ -172,16 +171,12 @@ def start_server(ckpt: Path, precision: str, port: int, log_path: Path) -> subpr
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise SystemExit(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path, timeout=300)
+    except RuntimeError as exc:
+        stop(process)
+        raise SystemExit(str(exc)) from None
+    return process
 
 
 def drive(url: str, uploads: list[bytes], requests: int) -> tuple[float, int, list[int]]:

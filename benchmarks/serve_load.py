@@ -58,7 +58,7 @@ from imgclf.transforms import eval_transform
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INCEPTION = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/backbone/inception_v3.yaml"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the server helpers live with the tests
-from processes import free_port, stop  # noqa: E402
+from processes import free_port, stop, wait_until_healthy  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with
@@ -217,7 +217,6 @@ def checkout(revision: str, folder: Path) -> Path:
 def start_server(
     ckpt: Path, port: int, precision: str, log_path: Path, root: Path = REPO_ROOT
 ) -> subprocess.Popen:
-    import httpx
 
     command = [
         sys.executable,
@@ -232,16 +231,12 @@ def start_server(
         env["PYTHONPATH"] = str(root)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=root, stdout=log, stderr=log, start_new_session=True, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise SystemExit(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path, timeout=300)
+    except RuntimeError as exc:
+        stop(process)
+        raise SystemExit(str(exc)) from None
+    return process
 
 
 # --- bf16 + channels-last against fp32 -----------------------------------------------------------

@@ -27,6 +27,14 @@ FEATURE_FLAGS = {
 }
 # oneDNN ISA names below the first with native bf16 (avx512_core_bf16)
 _ONEDNN_WITHOUT_BF16 = ("sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni")
+# The environments under which this machine computes as another kind of CPU would, for measuring
+# how a learned result varies between machines (benchmarks/demo_recipe.py, quality_spread.py):
+# "avx2" an AVX2-only CPU (fp32, AVX2 kernels); "avx512-fp32" AVX-512 kernels without bf16.
+CPU_MODES: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx512-fp32": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
+}
 
 
 @functools.cache

@@ -6,8 +6,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -25,6 +28,35 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 180) -> None:
+    """Until ``GET url/health`` answers 200; RuntimeError with the server's log when it exits or
+    does not get there within ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"serve.py did not become healthy in {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def start_script(script: str, args: list[str]) -> subprocess.Popen:
+    """``python scripts/<script>.py args`` from the repository root, its output discarded: for
+    tests that kill it part-way."""
+    return subprocess.Popen(
+        [sys.executable, f"scripts/{script}.py", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:

@@ -10,7 +10,7 @@ from conftest import run_script
 
 
 @pytest.mark.slow
-def test_digits_train_eval_classify(tmp_path, digits_root, digits_model):
+def test_digits_train_eval_classify(tmp_path, digits_root, digits_model, record_property):
     model_dir, train = digits_model
     logs = f"paths.log_dir={tmp_path / 'logs'}"
     assert "train accuracy: " in train.stdout and "val accuracy: " in train.stdout
@@ -23,6 +23,7 @@ def test_digits_train_eval_classify(tmp_path, digits_root, digits_model):
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     accuracy = float(evaluation.stdout.split("accuracy: ")[1].split()[0])
+    record_property("test accuracy", accuracy)
     assert accuracy >= 0.9
     metrics = json.loads((model_dir / "eval_test" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-4)

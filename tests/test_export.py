@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -24,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 from calibrated import calibrated_classifier, folder_images, save_classifier
-from conftest import REPO_ROOT, backbone_config, compose, require, run_script
+from conftest import REPO_ROOT, backbone_config, compose, require, run_script, seeded
 from PIL import Image
-from processes import free_port, stop
+from processes import free_port, stop, wait_until_healthy
 
 from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
@@ -47,7 +46,9 @@ def onnx_packages():
 
 def calibrated_folder(folder: Path, root: Path, backbone: str, size: int) -> Path:
     images, labels, classes = folder_images(root, ["train"])
-    model = calibrated_classifier(backbone_config(backbone), size, images, labels, len(classes))
+    model = calibrated_classifier(
+        backbone_config(backbone), size, images, labels, len(classes), seed=seeded(0)
+    )
     return save_classifier(model, classes, folder / "model.ckpt")
 
 
@@ -240,20 +241,6 @@ def test_serve_with_onnx_runtime(exported, test_images, tmp_path):
     assert "Traceback" not in log_path.read_text()
 
 
-def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"serve.py did not become healthy:\n{log_path.read_text()[-3000:]}")
-
-
 def copy_model(folder: Path, target: Path, *names: str) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("model.ckpt", *names):
@@ -269,7 +256,7 @@ def export_cfg(folder: Path, root: Path, tmp_path: Path, *overrides: str):
     )
 
 
-def test_int8_kept_only_at_the_threshold(exported, small_digits_root, tmp_path):
+def test_int8_kept_only_at_the_threshold(exported, small_digits_root, tmp_path, record_property):
     """int8 calibrated on 16 training images, against PyTorch fp32 on the 18 validation images.
 
     A random network's deep features do not survive int8 (trained ones do: docs/benchmarks.md), so
@@ -287,6 +274,7 @@ def test_int8_kept_only_at_the_threshold(exported, small_digits_root, tmp_path):
     assert int8["kept"] is False and int8["path"] is None
     assert not (folder / "model.int8.onnx").exists()
     agreement = int8["check"]["top1_agreement"]
+    record_property("int8 top-1 agreement (random network)", agreement)
     assert agreement < 1.0 and int8["check"]["images"] == 18
     assert int8["message"].startswith(
         f"int8 refused: top-1 agreement {agreement:.2%} with PyTorch fp32 on 18 val images"
@@ -339,7 +327,7 @@ def rewrite_check(path: Path, **changes) -> None:
     onnx.save(model, path)
 
 
-def test_runtime_choice(exported, tmp_path, caplog):
+def test_runtime_choice(exported, tmp_path, caplog, record_property):
     from imgclf.checkpoint import export_model, load_model
     from imgclf.runtimes import choose_model
 
@@ -348,6 +336,9 @@ def test_runtime_choice(exported, tmp_path, caplog):
     assert choose(folder, "onnx").path == folder / "model.onnx"
     assert choose(folder, "auto", "fp32").path == folder / "model.onnx"
     auto = choose(folder, "auto")
+    record_property(
+        "onnx fp32 top-1 agreement", float(auto.reason.split("agreement ")[1].split("%")[0]) / 100
+    )
     assert (auto.runtime, auto.path) == ("onnx", folder / "model.onnx")
     assert auto.reason.startswith("model.onnx: top-1 agreement 100.00% with PyTorch fp32 on 18 val images")
     assert choose_model(folder, "onnx").path == folder / "model.onnx"  # a model folder will do

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, run_script
+from conftest import FAST_TRAIN, backbone_config, compose, run_script, seeded
+from processes import start_script
 from torchvision.models import inception_v3
 
 from imgclf.checkpoint import read_model
@@ -31,7 +30,7 @@ INCEPTION = backbone_config("inception_v3")
 def weights(tmp_path_factory) -> Path:
     """An Inception v3 state dict in torchvision's ImageNet layout: the "pretrained" weights."""
     path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.manual_seed(0)
+    torch.manual_seed(seeded(0))
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
     return path
 
@@ -116,7 +115,7 @@ def test_building_and_reusing_runs_train_the_same_head(tmp_path, small_digits_ro
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
-def test_two_ddp_ranks_split_the_feature_pass(tmp_path, small_digits_root, weights):
+def test_two_ddp_ranks_split_the_feature_pass(tmp_path, small_digits_root, weights, record_property):
     runs = {}
     for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
         model_dir = tmp_path / name
@@ -151,6 +150,7 @@ def test_two_ddp_ranks_split_the_feature_pass(tmp_path, small_digits_root, weigh
     # With these random "pretrained" weights the head learns little; the DDP run's head trains on
     # the same features with batches split between ranks, so it lands within one image or two.
     gap = abs(ddp_model["metrics"]["val/acc"] - single_model["metrics"]["val/acc"])
+    record_property("|DDP - single| val acc", gap)
     assert gap <= 2 / 18 + 1e-6, (ddp_model["metrics"], single_model["metrics"])
 
 
@@ -162,12 +162,7 @@ def test_a_killed_feature_pass_keeps_its_finished_chunks(tmp_path, small_digits_
         "trainer.max_epochs=1",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
-    process = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_script("train", args)
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
         if len(list(cache.glob("*/train.*.c*[0-9].npy"))) >= 2:

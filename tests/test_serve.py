@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose, run_script
 from PIL import Image
-from processes import HeldUpload, free_port, stop
+from processes import HeldUpload, free_port, stop, wait_until_healthy
 
 MAX_BATCH = 4
 MAX_QUEUE = 2
@@ -82,20 +82,6 @@ def server(model_path, tmp_path_factory) -> Iterator[dict[str, Any]]:
     # LitServe's and uvicorn's lines, which they would write to stdout, are in the log on stderr.
     assert "Shutting down LitServe" in log_text and '"GET /health HTTP/1.1" 200' in log_text
     assert stdout_path.read_text() == ""
-
-
-def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"serve.py did not become healthy:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

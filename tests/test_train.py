@@ -5,15 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, run_script, train_model
+from conftest import FAST_TRAIN, backbone_config, compose, run_script, train_model
+from processes import start_script
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import inception_v3
@@ -264,12 +263,7 @@ def test_class_weighting_uses_inverse_frequency(tmp_path, small_digits_root):
 def kill_then_rerun(args: list[str], last: Path, model_dir: Path) -> tuple[int, str]:
     """SIGKILL ``train.py args`` once ``last`` is written, run it again to the end; returns the
     killed checkpoint's epoch and the two runs' logs."""
-    process = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_script("train", args)
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

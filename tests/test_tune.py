@@ -18,6 +18,7 @@ from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from postgres import postgres_bin, postgres_server
+from processes import start_script
 
 from imgclf.config import build
 from imgclf.errors import ImgclfError
@@ -183,12 +184,7 @@ def test_killed_sweep_resumes_the_same_study_and_retries_the_killed_trial(
         "hydra.sweeper.heartbeat_interval=1",
         f"hydra.sweeper.grace_period={grace}",
     )
-    process = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_script("train", args)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and process.poll() is None:
         try:  # never create the database here: only read one the sweep has made
@@ -322,7 +318,7 @@ def test_optimiser_runs_fused_unless_the_config_says_otherwise():
     assert not module.configure_optimizers().defaults["fused"]
 
 
-def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weights):
+def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weights, record_property):
     def val_acc(cache: bool) -> float:
         cfg = frozen_backbone_cfg(
             backbone_weights,
@@ -335,6 +331,9 @@ def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weig
         return train(cfg)["val/acc"]
 
     cached, uncached = val_acc(True), val_acc(False)
+    record_property("cached val acc", cached)
+    record_property("uncached val acc", uncached)
+    record_property("|cached - uncached|", abs(cached - uncached))
     # a run that saves no model (a sweep trial) leaves no checkpoints behind
     assert not list(tmp_path.rglob("*.ckpt"))
     assert cached > 0.5 and uncached > 0.5  # the features carry the digits
