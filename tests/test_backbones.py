@@ -7,7 +7,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, run_script
-from processes import free_port, stop
+from processes import free_port, stop, wait_until_healthy
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import get_model_builder, get_weight
 
@@ -140,15 +139,7 @@ def serve_once(model: Path, image: Path, log_path: Path) -> dict:
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
         with open(image, "rb") as handle:
             answer = httpx.post(f"http://127.0.0.1:{port}/classify", files={"img": handle}, timeout=60)
         assert answer.status_code == 200, answer.text
