@@ -16,7 +16,6 @@ from collections.abc import Hashable
 from itertools import combinations, pairwise
 from typing import Generic, TypeVar
 
-import imagehash
 from PIL import Image
 
 Key = TypeVar("Key", bound=Hashable)
@@ -46,6 +45,8 @@ def perceptual_hash(image: Image.Image) -> int:
     Resizing, re-encoding and small colour changes move it by a few bits; different pictures
     differ in about half of the 64.
     """
+    import imagehash  # only perceptual hashing needs it (with scipy and PyWavelets): training does not
+
     return int(str(imagehash.phash(image, hash_size=8)), 16)
 
 
