@@ -147,11 +147,12 @@ def test_two_ddp_ranks_split_the_feature_pass(tmp_path, small_digits_root, weigh
             # the same pixels (per-image seeds) through the same network; batches differ in size
             assert np.allclose(a, b, rtol=2e-2, atol=2e-2), np.abs(a - b).max()
     assert json.loads((ddp_store / "meta.json").read_text())["key"] == single_store.name
-    # With these random "pretrained" weights the head learns little; the DDP run's head trains on
-    # the same features with batches split between ranks, so it lands within one image or two.
+    # The DDP run's head trains on the same features with batches split between ranks. Measured
+    # gap: 0 in every run (3 seeds, AVX-512 bf16 and AVX2 fp32; benchmarks/quality_spread.py); one
+    # image of the 18 is left for the ranks' gradient reduction order.
     gap = abs(ddp_model["metrics"]["val/acc"] - single_model["metrics"]["val/acc"])
     record_property("|DDP - single| val acc", gap)
-    assert gap <= 2 / 18 + 1e-6, (ddp_model["metrics"], single_model["metrics"])
+    assert gap <= 1 / 18 + 1e-6, (ddp_model["metrics"], single_model["metrics"])
 
 
 def test_a_killed_feature_pass_keeps_its_finished_chunks(tmp_path, small_digits_root, weights):

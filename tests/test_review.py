@@ -123,7 +123,8 @@ def test_finds_planted_mislabels_and_few_clean_images(planted, record_property):
     )
     record_property("clean images flagged", len(clean_flagged) / result["images"])
     assert expected["suspect_label"] <= suspects
-    # sklearn's digits hold a few genuinely ambiguous scribbles (about 1.5% get flagged).
+    # sklearn's digits hold a few genuinely ambiguous scribbles: 1.3-1.8% flagged over 3 seeds and
+    # both CPU kinds (benchmarks/quality_spread.py), every planted mislabel found in each run.
     assert len(clean_flagged) <= 0.025 * result["images"], sorted(clean_flagged)
     named = {f.path: f.other for f in result["flags"] if f.reason == "suspect_label"}
     for path in expected["suspect_label"]:  # and it names the class the image really shows
