@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the calibrated model and server helpers live there
 from calibrated import calibrated_classifier, folder_images, save_classifier  # noqa: E402
 from conftest import backbone_config  # noqa: E402
-from processes import free_port, stop, wait_until_healthy  # noqa: E402
+from processes import start_serve, stop  # noqa: E402
 
 HOCKEY = REPO_ROOT.parent / "shared" / "data" / "real-hockey"
 BATCHES = (1, 8)
@@ -157,28 +156,6 @@ def jpeg_uploads(root: Path, count: int) -> list[bytes]:
     return uploads
 
 
-def start_server(ckpt: Path, precision: str, port: int, log_path: Path) -> subprocess.Popen:
-
-    command = [
-        sys.executable,
-        "serve.py",
-        f"ckpt_path={ckpt}",
-        "host=127.0.0.1",
-        f"port={port}",
-        "runtime=onnx",
-        f"precision={precision}",
-        "access_log=false",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
-    try:
-        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path, timeout=300)
-    except RuntimeError as exc:
-        stop(process)
-        raise SystemExit(str(exc)) from None
-    return process
-
-
 def drive(url: str, uploads: list[bytes], requests: int) -> tuple[float, int, list[int]]:
     """``requests`` POSTs from CONCURRENCY threads: (images per second, failures, batch sizes)."""
     import httpx
@@ -220,9 +197,17 @@ def in_process(predictor: PredictorBase, uploads: list[bytes]) -> float:
 
 def served(ckpt: Path, precision: str, predictor: PredictorBase, root: Path, rounds: int, scratch: Path):
     uploads = jpeg_uploads(root, 16)
-    port = free_port()
-    process = start_server(ckpt, precision, port, scratch / "server.log")
-    url = f"http://127.0.0.1:{port}"
+    try:
+        process, url = start_serve(
+            f"ckpt_path={ckpt}",
+            "runtime=onnx",
+            f"precision={precision}",
+            "access_log=false",
+            log_path=scratch / "server.log",
+            timeout=300,
+        )
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     shares, rows = [], []
     try:
         drive(url, uploads, 16)  # warm-up

@@ -58,7 +58,7 @@ from imgclf.transforms import eval_transform
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INCEPTION = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/backbone/inception_v3.yaml"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the server helpers live with the tests
-from processes import free_port, stop, wait_until_healthy  # noqa: E402
+from processes import start_serve, stop  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with
@@ -212,31 +212,6 @@ def checkout(revision: str, folder: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     return folder
-
-
-def start_server(
-    ckpt: Path, port: int, precision: str, log_path: Path, root: Path = REPO_ROOT
-) -> subprocess.Popen:
-
-    command = [
-        sys.executable,
-        "serve.py",
-        f"ckpt_path={ckpt}",
-        "host=127.0.0.1",
-        f"port={port}",
-        f"precision={precision}",
-    ]
-    env = dict(os.environ)
-    if root != REPO_ROOT:  # that revision's package, not the installed one
-        env["PYTHONPATH"] = str(root)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=log, start_new_session=True, env=env)
-    try:
-        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path, timeout=300)
-    except RuntimeError as exc:
-        stop(process)
-        raise SystemExit(str(exc)) from None
-    return process
 
 
 # --- bf16 + channels-last against fp32 -----------------------------------------------------------
@@ -493,10 +468,20 @@ def main() -> None:
         servers = []
         try:
             for number, (name, root) in enumerate(roots):
-                port = free_port()
-                log_path = folder / f"server{number}.log"
-                process = start_server(ckpt, port, args.precision, log_path, root)
-                servers.append({"name": name, "url": f"http://127.0.0.1:{port}", "process": process})
+                # another revision's server imports that revision's package, not the installed one
+                env = {"PYTHONPATH": str(root)} if root != REPO_ROOT else None
+                try:
+                    process, url = start_serve(
+                        f"ckpt_path={ckpt}",
+                        f"precision={args.precision}",
+                        log_path=folder / f"server{number}.log",
+                        root=root,
+                        env=env,
+                        timeout=300,
+                    )
+                except RuntimeError as exc:
+                    raise SystemExit(str(exc)) from None
+                servers.append({"name": name, "url": url, "process": process})
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
                 for server in servers:
                     client.submit(drive, server["url"], uploads, 2, 4).result()  # warm-up

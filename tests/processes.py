@@ -48,6 +48,37 @@ def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path, time
     raise RuntimeError(f"serve.py did not become healthy in {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
+def start_serve(
+    *overrides: str,
+    log_path: Path,
+    stdout_path: Path | None = None,
+    root: Path = REPO_ROOT,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> tuple[subprocess.Popen, str]:
+    """``python serve.py overrides`` on a free loopback port in its own process group, once it is
+    healthy: (the process, its URL). Its log (stderr, and stdout unless ``stdout_path``) goes to
+    ``log_path``. RuntimeError, with the log, when it does not get there (the process stopped)."""
+    port = free_port()
+    command = [sys.executable, "serve.py", "host=127.0.0.1", f"port={port}", *overrides]
+    with open(log_path, "wb") as log, open(stdout_path or os.devnull, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            stdout=out if stdout_path else log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(process, url, log_path, timeout)
+    except RuntimeError:
+        stop(process)
+        raise
+    return process, url
+
+
 def start_script(script: str, args: list[str]) -> subprocess.Popen:
     """``python scripts/<script>.py args`` from the repository root, its output discarded: for
     tests that kill it part-way."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, run_script
-from processes import free_port, stop, wait_until_healthy
+from processes import start_serve, stop
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import get_model_builder, get_weight
 
@@ -127,21 +125,10 @@ def test_fine_tuning_unfreezes_exactly_the_named_blocks(name, imagenet_state_dic
 
 def serve_once(model: Path, image: Path, log_path: Path) -> dict:
     """Start serve.py on ``model``, POST ``image``, stop it; the JSON answer."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "serve.py",
-        f"ckpt_path={model}",
-        f"port={port}",
-        "host=127.0.0.1",
-        "precision=fp32",
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
+    process, url = start_serve(f"ckpt_path={model}", "precision=fp32", log_path=log_path)
     try:
-        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
         with open(image, "rb") as handle:
-            answer = httpx.post(f"http://127.0.0.1:{port}/classify", files={"img": handle}, timeout=60)
+            answer = httpx.post(f"{url}/classify", files={"img": handle}, timeout=60)
         assert answer.status_code == 200, answer.text
         return answer.json()
     finally:

@@ -25,7 +25,7 @@ import torch
 from calibrated import calibrated_classifier, folder_images, save_classifier
 from conftest import REPO_ROOT, backbone_config, compose, require, run_script, seeded
 from PIL import Image
-from processes import free_port, stop, wait_until_healthy
+from processes import start_serve, stop
 
 from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
@@ -201,21 +201,9 @@ def test_serve_with_onnx_runtime(exported, test_images, tmp_path):
     from imgclf.runtimes import OnnxPredictor
 
     folder, _ = exported
-    port = free_port()
     log_path = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "serve.py",
-        f"ckpt_path={folder / 'model.ckpt'}",
-        "host=127.0.0.1",
-        f"port={port}",
-        "runtime=onnx",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_serve(f"ckpt_path={folder / 'model.ckpt'}", "runtime=onnx", log_path=log_path)
     try:
-        wait_until_healthy(process, url, log_path)
         with httpx.Client(base_url=url, timeout=60) as client:
             info = client.get("/info").json()
             assert (info["runtime"], info["precision"]) == ("onnx", "32-true")

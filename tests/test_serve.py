@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose, run_script
 from PIL import Image
-from processes import HeldUpload, free_port, stop, wait_until_healthy
+from processes import HeldUpload, free_port, start_serve, stop
 
 MAX_BATCH = 4
 MAX_QUEUE = 2
@@ -56,24 +56,17 @@ def model_path(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    port = free_port()
     folder = tmp_path_factory.mktemp("serve")
     log_path, stdout_path = folder / "server.log", folder / "stdout.txt"
-    command = [
-        sys.executable,
-        "serve.py",
+    process, url = start_serve(
         f"ckpt_path={model_path}",
-        "host=127.0.0.1",
-        f"port={port}",
         f"max_batch_size={MAX_BATCH}",
         f"max_queue={MAX_QUEUE}",
         f"max_payload_mb={PAYLOAD_MB}",
-    ]
-    with open(log_path, "wb") as log, open(stdout_path, "wb") as stdout:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stdout, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        log_path=log_path,
+        stdout_path=stdout_path,
+    )
     try:
-        wait_until_healthy(process, url, log_path)
         yield {"url": url, "process": process, "log": log_path}
     finally:
         stop(process)  # Ctrl+C: drains and exits 0, as SIGTERM does
