@@ -44,6 +44,20 @@ def chromium_path() -> str:
     return path
 
 
+def launch_chromium(playwright, path: str):
+    """Debian's Chromium, headless, as root in a container (no sandbox), quiet on the network."""
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-sync",
+    ]
+    return playwright.chromium.launch(executable_path=path, headless=True, args=args)
+
+
 def compose(config_name: str, overrides: list[str] | None = None, output_dir: Path | None = None):
     """Compose a real config from conf/ as the scripts do, with ``${hydra:...}`` resolvable."""
     from hydra import compose as hydra_compose

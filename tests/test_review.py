@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, compose, seeded, train_model
+from conftest import REPO_ROOT, compose, launch_chromium, seeded, train_model
 from PIL import Image
 
 from imgclf.checkpoint import read_model
@@ -167,17 +167,8 @@ def test_report_renders_in_chromium(planted, chromium_path, tmp_path):
     assert "https://example.test/three.png" in html
     from playwright.sync_api import sync_playwright
 
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-quic",
-        "--disable-sync",
-    ]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path, headless=True, args=args)
+        browser = launch_chromium(playwright, chromium_path)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         requests = []
         page.on("request", lambda request: requests.append(request.url))

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, compose, run_script
+from conftest import REPO_ROOT, compose, launch_chromium, run_script
 from PIL import Image
 from processes import HeldUpload, free_port, start_serve, stop
 
@@ -343,18 +343,6 @@ def test_cors_for_any_origin(client, digits):
         assert error.headers["access-control-allow-origin"] == "*"
 
 
-def chromium(playwright, path: str):
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-sync",
-    ]
-    return playwright.chromium.launch(executable_path=path, headless=True, args=args)
-
-
 def test_page_classifies_an_upload_in_chromium(server, client, digits, chromium_path, tmp_path):
     """The page at /, in a real browser: choose a file, see the ranked bars /classify answered."""
     from playwright.sync_api import sync_playwright
@@ -363,7 +351,7 @@ def test_page_classifies_an_upload_in_chromium(server, client, digits, chromium_
     upload.write_bytes(encode(digits["7"]))
     expected = classify(client, upload.read_bytes()).json()["predictions"]
     with sync_playwright() as playwright:
-        browser = chromium(playwright, chromium_path)
+        browser = launch_chromium(playwright, chromium_path)
         page = browser.new_page()
         page.goto(server["url"] + "/")
         page.wait_for_function("document.getElementById('model').textContent.includes('inception_v3')")
@@ -389,7 +377,7 @@ def test_a_page_on_another_origin_can_call_the_api(server, digits, chromium_path
 
     image = list(encode(digits["0"]))
     with sync_playwright() as playwright:
-        browser = chromium(playwright, chromium_path)
+        browser = launch_chromium(playwright, chromium_path)
         page = browser.new_page()
         # The same server under another name is another origin. (A page made up by the browser, or
         # from a public address, may not reach a loopback address at all, CORS or not.)
