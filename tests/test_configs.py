@@ -90,7 +90,7 @@ def test_checkpointing_and_the_data_module_instantiate_from_their_own_config(tmp
     assert data.preprocessing["crop"] == 299 and data.preprocessing["resize"] == 342
 
 
-@pytest.mark.parametrize("script", ["train", "eval", "classify", "review", "scrape", "pipeline"])
+@pytest.mark.parametrize("script", ["train", "eval", "classify", "review", "scrape", "pipeline", "export"])
 def test_scripts_start_without_hydra_warnings(script):
     """Hydra 1.4 deprecates ``version_base`` and warns whenever a script passes it."""
     result = run_script(script, "--cfg", "job")
