@@ -118,7 +118,16 @@ class FeatureExtraction:
                 f"{len(dataset) - len(kept)} images passed the header check but could not be decoded "
                 "(see the warnings above); remove them (python scripts/review.py fix=quarantine) and rerun"
             )
-        return outputs.numpy(), targets.numpy()
+        outputs = outputs.numpy()
+        overflowed = ~np.isfinite(outputs).all(axis=tuple(range(1, outputs.ndim)))
+        if overflowed.any():
+            # A trained network's pooled features are small; a random one's can exceed float16.
+            raise ImgclfError(
+                f"the frozen backbone's features of {int(overflowed.sum())} of {len(outputs)} images "
+                f"({label}) exceed the feature store's float16 range (65504): are the backbone's "
+                "weights a trained network's? Set features.cache=false to train the head on images"
+            )
+        return outputs, targets.numpy()
 
     def run(self) -> None:
         for split, views in (("train", self.views), ("val", 1)):

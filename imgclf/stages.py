@@ -103,10 +103,13 @@ class StageResult:
     epoch: int
     path: str  # the best epoch's checkpoint
 
-    def restore(self, module: ClassifierModule) -> None:
+    def restore(self, module: ClassifierModule) -> bool:
+        """Load this stage's best epoch into ``module``; False when its checkpoint holds the head
+        alone (the backbone was frozen and left out), so the backbone is whatever ``module`` has."""
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
+        return not checkpoint.get("backbone_left_out", False)
 
 
 class StageRunner:
@@ -176,8 +179,18 @@ class StageRunner:
         if trainer.fast_dev_run:
             return None
         best = checkpointing.best_model_path or checkpointing.last_model_path
-        epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-        return StageResult(stage, float(checkpointing.best_model_score or 0.0), epoch, best)
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+        score = float(checkpointing.best_model_score or 0.0)
+        if not all(v.isfinite().all() for v in checkpoint["state_dict"].values() if v.is_floating_point()):
+            # A NaN network still "scores" (every answer the first class): it must not win.
+            log.warning(
+                "Stage %s diverged: its best epoch has non-finite weights, so it cannot be chosen "
+                "(lower model.optimizer.lr%s)",
+                stage.name,
+                " or model.fine_tune_lr_factor" if stage.unfreeze else "",
+            )
+            score = float("-inf")
+        return StageResult(stage, score, int(checkpoint["epoch"]), best)
 
     def clean_up(self) -> None:
         """A sweep trial keeps nothing: its checkpoints would pile up trial by trial."""

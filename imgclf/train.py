@@ -7,11 +7,13 @@ then, with ``model.fine_tune``, the backbone's top blocks train too, and the bet
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.backbones import missing_weights_message, weights_file
@@ -79,9 +81,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     runner = StageRunner(cfg, build_all(cfg.get("logger"), "logger"), datamodule.files())
     results: list[StageResult] = []
     epochs_before = 0
+    frozen_backbone: dict[str, torch.Tensor] | None = None
     for stage in plan(cfg):
         if stage.unfreeze:  # fine-tuning starts from the head's best epoch
             results[-1].restore(module)
+            frozen_backbone = copy.deepcopy(module.model.backbone.state_dict())
         data = datamodule
         if stage.on_features:
             data = FeatureDataModule(
@@ -100,7 +104,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs_before += int(cfg.trainer.max_epochs)
         results.append(result)
     best = max(results, key=lambda r: r.score)  # the earlier stage wins a tie
-    best.restore(module)
+    if best.score == float("-inf"):
+        raise ImgclfError("training diverged (non-finite weights); lower model.optimizer.lr and rerun")
+    if not best.restore(module) and frozen_backbone is not None:
+        # The head's checkpoint holds the head alone: its backbone is the one before fine-tuning.
+        module.model.backbone.load_state_dict(frozen_backbone)
     if not runner.is_global_zero:  # another DDP rank: rank 0 reports and saves
         return {}
     metrics: dict[str, Any] = {cfg.optimized_metric: best.score, "best_epoch": best.epoch}

@@ -17,6 +17,7 @@ from torchvision.models import inception_v3
 
 from imgclf.checkpoint import read_model
 from imgclf.data import ImageFolderDataModule
+from imgclf.errors import ImgclfError
 from imgclf.features import FeatureExtraction
 from imgclf.model import ImageClassifier
 from imgclf.predict import backbone_forward
@@ -79,6 +80,20 @@ def test_the_store_holds_what_the_backbone_computes(tmp_path, small_digits_root,
     expected = backbone_forward(model.backbone, "32-true", torch.device("cpu"))(images)
     assert torch.equal(torch.from_numpy(store.read("train", picked)), expected)
     assert store.targets("train")[picked].tolist() == [data.samples("train")[i][1] for i in picked]
+
+
+def test_features_beyond_float16_are_refused(tmp_path, small_digits_root):
+    data = ImageFolderDataModule(
+        str(small_digits_root), INCEPTION["weights"], augmentation={}, image_size=75, augment=False
+    )
+    data.scan()
+    huge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 75 * 75, 8))
+    torch.nn.init.constant_(huge[1].bias, 1e6)  # a float16 infinity
+    extraction = FeatureExtraction(tmp_path, huge, data, 1, "32-true", torch.device("cpu"))
+    refused = r"features of 54 of 54 images \(features: train .*\) exceed the feature store's float16"
+    with pytest.raises(ImgclfError, match=refused):
+        extraction.run()
+    assert not FeatureStore.published(tmp_path)
 
 
 def test_sampler_splits_each_epoch_between_ranks_and_reshuffles():

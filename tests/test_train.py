@@ -421,3 +421,33 @@ def test_two_process_cpu_ddp(tmp_path, small_digits_root):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val accuracy:" in result.stdout
     assert read_model(tmp_path / "model.ckpt")["classes"] == ["0", "1", "7"]
+
+
+def test_a_diverged_fine_tune_loses_and_the_head_keeps_its_own_backbone(tmp_path, small_digits_root, caplog):
+    """Fine-tuning at an infinite learning rate turns the top blocks to NaN: that stage cannot win,
+    and the saved model is the head with the backbone it was trained on, not the fine-tuned one."""
+    weights = tmp_path / "inception.pth"
+    state = save_imagenet_like_state_dict(weights)
+    cfg = compose(
+        "train",
+        [
+            *FAST_TRAIN,
+            "model.pretrained=true",
+            f"model.weights_path={weights}",
+            "model.fine_tune=true",
+            "model.fine_tune_lr_factor=inf",
+            f"data.root={small_digits_root}",
+            f"paths.model_dir={tmp_path / 'model'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "trainer.max_epochs=1",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    with caplog.at_level("WARNING", logger="imgclf.stages"):
+        metrics = train(cfg)
+    assert "Stage fine_tune diverged" in caplog.text and "model.fine_tune_lr_factor" in caplog.text
+    assert metrics["best_epoch"] == 0  # the head's epoch
+    saved = read_model(tmp_path / "model" / "model.ckpt")["state_dict"]
+    assert all(v.isfinite().all() for v in saved.values() if v.is_floating_point())
+    backbone = {k.removeprefix("backbone."): v for k, v in saved.items() if k.startswith("backbone.")}
+    assert backbone.keys() and all(torch.equal(backbone[k], state[k]) for k in backbone)
