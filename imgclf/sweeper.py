@@ -448,12 +448,28 @@ class ResumableOptunaSweeper(Sweeper):
     ) -> None:
         """Ask for batches of ``n_jobs`` trials and launch them until the study holds ``n_trials``."""
         failures = 0
+        waiting = False
         while True:
             fail_interrupted_trials(study)  # others' killed trials, found while this sweep runs
             counts = trial_counts(study)
             remaining = self.n_trials - sum(
                 counts[s] for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             )
+            if remaining <= 0 and counts[TrialState.RUNNING]:
+                # Part of the study's n_trials is running elsewhere, or was killed less than
+                # grace_period s ago (rerun at once after Ctrl+C): wait until those finish, or go
+                # stale and are queued again here, so that the best trial is chosen among them all.
+                if not waiting:
+                    log.info(
+                        "Waiting for %d running trials (elsewhere, or interrupted less than %d s ago; "
+                        "Ctrl+C stops waiting)",
+                        counts[TrialState.RUNNING],
+                        self.grace_period,
+                    )
+                    waiting = True
+                time.sleep(max(1.0, min(self.heartbeat_interval, self.grace_period) / 2))
+                continue
+            waiting = False
             if remaining <= 0:
                 break
             if failures >= 2 * self.n_trials:  # most of the space crashes: say so, don't spin

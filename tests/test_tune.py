@@ -118,7 +118,7 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
     ]
     applied = run_script("train", *common, f"paths.log_dir={tmp_path / 'applied'}")
     assert applied.returncode == 0, applied.stderr[-3000:]
-    assert f"Using the best hyperparameters from {model_dir / 'best_hparams.yaml'}" in applied.stdout
+    assert f"Using the best hyperparameters from {model_dir / 'best_hparams.yaml'}" in applied.stderr
     hparams = torch.load(model_dir / "model.ckpt", weights_only=True)["hparams"]
     assert hparams["head"]["hidden_size"] == best.params["model.head.hidden_size"]
     assert hparams["max_epochs"] == best.params["trainer.max_epochs"]
@@ -136,7 +136,7 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
         "trainer.max_epochs=1",
     )
     assert defaults.returncode == 0, defaults.stderr[-3000:]
-    assert "Using the best hyperparameters" not in defaults.stdout
+    assert "Using the best hyperparameters" not in defaults.stdout + defaults.stderr
     assert torch.load(model_dir / "model.ckpt", weights_only=True)["hparams"]["head"]["hidden_size"] == 1024
     assert list((tmp_path / "defaults").rglob("metrics.csv")), "the default logger is csv"
 

@@ -571,8 +571,9 @@ class Pipeline:
             and previous["config"] == prepared.digest
             and all(previous["before"].get(k) == record["before"][k] for k in inputs)
         )
-        with open_dict(cfg):
-            cfg.resume = resume
+        if not resume:  # composed again, not edited: best_hparams.yaml is applied by composing again
+            overrides = [*self._train_overrides(), "resume=false"]
+            cfg = compose_stage("train", overrides, self.run_dir(stage))
         with hydra_config(cfg):
             metrics = train(cfg)
         if "model" not in metrics:
