@@ -64,6 +64,9 @@ def fingerprint(cfg: DictConfig, files: dict[str, Any]) -> str:
         k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "trainer", "features")
     }
     relevant["trainer"].pop("default_root_dir", None)  # a new timestamped folder every run
+    # "auto" is bf16 on one machine and fp32 on another: a run continues only in the same precision
+    trainer = relevant["trainer"]
+    trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
     relevant["seed"] = cfg.seed
     relevant["files"] = files
     text = json.dumps(relevant, sort_keys=True, default=str)

@@ -451,3 +451,17 @@ def test_a_diverged_fine_tune_loses_and_the_head_keeps_its_own_backbone(tmp_path
     assert all(v.isfinite().all() for v in saved.values() if v.is_floating_point())
     backbone = {k.removeprefix("backbone."): v for k, v in saved.items() if k.startswith("backbone.")}
     assert backbone.keys() and all(torch.equal(backbone[k], state[k]) for k in backbone)
+
+
+def test_a_run_continues_only_in_the_precision_it_started_in(tmp_path):
+    """``trainer.precision=auto`` is bf16 on one CPU and fp32 on another (or with the kernels
+    capped): the fingerprint holds the precision auto resolved to, not the word "auto"."""
+    from imgclf.hardware import resolve_precision
+    from imgclf.stages import fingerprint
+
+    def of(*extra: str) -> str:
+        return fingerprint(compose("train", [*FAST_TRAIN, *extra], output_dir=tmp_path), {})
+
+    resolved = resolve_precision("auto", "cpu")
+    assert of() == of(f"trainer.precision={resolved}")
+    assert of("trainer.precision=32-true") != of("trainer.precision=bf16-mixed")
