@@ -32,14 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from imgclf.model import ImageClassifier  # noqa: E402
 
-BACKBONES = [
-    "inception_v3",
-    "resnet50",
-    "efficientnet_v2_s",
-    "convnext_tiny",
-    "mobilenet_v3_large",
-    "vit_b_16",
-]
+BACKBONES = sorted(p.stem for p in (ROOT / "conf" / "model" / "backbone").glob("*.yaml"))  # every one offered
 
 
 def backbone(name: str) -> dict:
