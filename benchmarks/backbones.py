@@ -6,11 +6,15 @@ predictor (fp32, and bf16 where the CPU runs it natively; batch 8, channels-last
 pass's time per 1,000 images (JPEG photos decoded, preprocessed and run through the frozen
 backbone, as the feature store does), and the ImageNet top-1 that torchvision publishes for the
 weights. With ``--sweeps``, also each backbone's frozen-backbone sweep with and without the
-feature store (``benchmarks/tune_speed.py``; goal: at least 10x for each).
+feature store (``benchmarks/tune_speed.py``; goal: at least 10x for each), on fewer digits and
+smaller images than the weights' own if asked: both make the uncached sweep cheaper while the
+cached one keeps its fixed costs (start-up, per-trial set-up), so the speed-up measured that way
+is a lower bound for the full-size one.
 
 Random weights: the speed of a network does not depend on its values.
 
     python benchmarks/backbones.py [--batches 3] [--photos 64] [--sweeps] [--sweep-image-size 128]
+        [--sweep-sizes vit_b_16=64 ...] [--sweep-per-class 60] [--only resnet50 ...] [--no-table]
 """
 
 from __future__ import annotations
@@ -81,19 +85,31 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=64)
     parser.add_argument("--sweeps", action="store_true")
     parser.add_argument("--sweep-image-size", type=int, default=128)
+    parser.add_argument("--sweep-sizes", nargs="*", default=[], metavar="BACKBONE=PX")
+    parser.add_argument("--sweep-per-class", type=int, default=None, help="digits of each class")
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--only", nargs="*", default=BACKBONES, choices=BACKBONES)
+    parser.add_argument("--no-table", action="store_true", help="only the sweeps")
     args = parser.parse_args()
+    sweep_sizes = {name: int(px) for name, _, px in (s.partition("=") for s in args.sweep_sizes)}
     torch.manual_seed(0)
     bf16 = cpu_has_fast_bf16()
     print(f"# backbones: {describe_machine()}, {torch.get_num_threads()} threads\n")
+    if not args.no_table:
+        table(args.only, args.photos, args.batches, bf16)
+    if args.sweeps:
+        sweeps(args.only, args.trials, args.sweep_image_size, sweep_sizes, args.sweep_per_class)
+
+
+def table(backbones: list[str], photo_count: int, batches: int, bf16: bool) -> None:
     print(
         "| backbone | image px | parameters (M) | images/s fp32 | images/s bf16 | feature pass s/1,000 "
         "| ImageNet top-1 (published) |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        samples = photos(Path(tmp) / "photos", args.photos)
-        for name in BACKBONES:
+        samples = photos(Path(tmp) / "photos", photo_count)
+        for name in backbones:
             spec = OmegaConf.to_container(
                 OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{name}.yaml")
             )
@@ -101,11 +117,9 @@ def main() -> None:
             size = model.image_size
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
             record = {"classes": [str(i) for i in range(10)]}
-            fp32 = images_per_second(Predictor(model, record, precision="fp32"), size, args.batches)
+            fp32 = images_per_second(Predictor(model, record, precision="fp32"), size, batches)
             fast = (
-                images_per_second(Predictor(model, record, precision="bf16"), size, args.batches)
-                if bf16
-                else None
+                images_per_second(Predictor(model, record, precision="bf16"), size, batches) if bf16 else None
             )
             seconds = feature_pass_seconds(model, samples)
             top1 = weights_enum(spec).meta["_metrics"]["ImageNet-1K"]["acc@1"]
@@ -114,19 +128,23 @@ def main() -> None:
                 f"| {seconds:.0f} | {top1:.1f} |",
                 flush=True,
             )
-    if not args.sweeps:
-        return
+
+
+def sweeps(
+    backbones: list[str], trials: int, image_size: int, sizes: dict[str, int], per_class: int | None
+) -> None:
     from tune_speed import compare_sweeps
 
-    print(f"\n{args.trials}-trial frozen-backbone sweeps on the digits at {args.sweep_image_size} px\n")
-    print("| backbone | store on (s) | store off (s) | speed-up | best val/acc on / off |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for name in BACKBONES:
+    digits = f"{per_class} of each digit" if per_class else "all 1,797 digits"
+    print(f"\n{trials}-trial frozen-backbone sweeps, {digits}\n")
+    print("| backbone | px | store on (s) | store off (s) | speed-up | best val/acc on / off |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for name in backbones:
+        size = sizes.get(name, max(image_size, 75) if name == "inception_v3" else image_size)
         with tempfile.TemporaryDirectory() as tmp:
-            size = max(args.sweep_image_size, 75) if name == "inception_v3" else args.sweep_image_size
-            r = compare_sweeps(Path(tmp), name, size, args.trials)
+            r = compare_sweeps(Path(tmp), name, size, trials, per_class)
         print(
-            f"| {name} | {r['stored_s']:.1f} | {r['plain_s']:.1f} | {r['speedup']:.1f}x "
+            f"| {name} | {size} | {r['stored_s']:.1f} | {r['plain_s']:.1f} | {r['speedup']:.1f}x "
             f"| {r['stored_acc']:.4f} / {r['plain_acc']:.4f} |",
             flush=True,
         )

@@ -54,12 +54,15 @@ def digits_weights(tmp: Path, data: Path, common: list[str]) -> Path:
     return weights
 
 
-def compare_sweeps(tmp: Path, backbone: str, image_size: int, trials: int) -> dict[str, float]:
-    """Both sweeps on the digits; their wall times and best validation accuracies."""
+def compare_sweeps(
+    tmp: Path, backbone: str, image_size: int, trials: int, per_class: int | None = None
+) -> dict[str, float]:
+    """Both sweeps on the digits (all 1,797, or ``per_class`` of each digit); their wall times and
+    best validation accuracies."""
     from imgclf.demo import make_digits_dataset
 
     data = tmp / "digits"
-    make_digits_dataset(data, size=32)
+    make_digits_dataset(data, size=32, per_class=per_class)
     common = [
         f"data.root={data}",
         f"model/backbone={backbone}",

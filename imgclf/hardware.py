@@ -1,5 +1,11 @@
 """What the machine can do fast: bf16 autocast on CPUs that have it, CUDA when present.
 
+``precision=auto`` on a CPU asks what the precision is for. Training (forward and backward) is
+faster in bf16 on any CPU with native bf16 instructions (AVX512-BF16: 1.14x fp32 on a 2-core Xeon
+without AMX; AMX much more). Inference is faster in bf16 only where AMX computes it on its tile
+unit: with AVX512-BF16 alone every backbone ran 0.55x to 0.85x of fp32 at batch 8
+(docs/benchmarks.md, "Backbones"), so serving, evaluation and the review stay in fp32 there.
+
 ``python -m imgclf.hardware`` prints the CPU's features and the precision ``auto`` chooses; CI and
 the benchmarks print it so that a figure or a failure can be read against the machine it came from.
 
@@ -50,8 +56,9 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_features() -> dict[str, bool]:
-    flags = cpu_flags()
+def cpu_features(flags: frozenset[str] | None = None) -> dict[str, bool]:
+    """Which of FEATURE_FLAGS the CPU (or the given /proc/cpuinfo flags) has."""
+    flags = cpu_flags() if flags is None else flags
     return {name: any(flag in flags for flag in names) for name, names in FEATURE_FLAGS.items()}
 
 
@@ -62,9 +69,22 @@ def kernels_capped() -> bool:
     return os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in _ONEDNN_WITHOUT_BF16
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    return cpu_features()["bf16"] and not kernels_capped()
+PURPOSES = ("training", "inference")
+
+
+def bf16_is_faster(features: dict[str, bool], purpose: str = "training") -> bool:
+    """Does bf16 autocast outrun fp32 on a CPU with these features, for this purpose?
+
+    Emulated bf16 (no native instructions) is always slower; native AVX512-BF16 speeds training up
+    but not inference; AMX speeds up both (see the module docstring for the measurements)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose={purpose!r}; use one of {PURPOSES}")
+    return features["AMX"] if purpose == "inference" else features["bf16"]
+
+
+def cpu_has_fast_bf16(purpose: str = "training") -> bool:
+    """True where this CPU, with the kernels in use, runs ``purpose`` faster in bf16 than in fp32."""
+    return bf16_is_faster(cpu_features(), purpose) and not kernels_capped()
 
 
 def uses_cuda(accelerator: str | None) -> bool:
@@ -78,13 +98,15 @@ def compute_device(accelerator: str | None) -> torch.device:
     return torch.device("cuda" if uses_cuda(accelerator) and torch.cuda.is_available() else "cpu")
 
 
-def resolve_precision(precision: str | None, accelerator: str | None = "cpu") -> str:
-    """``auto`` -> bf16 mixed precision where the hardware runs it fast, fp32 otherwise."""
+def resolve_precision(
+    precision: str | None, accelerator: str | None = "cpu", purpose: str = "training"
+) -> str:
+    """``auto`` -> bf16 mixed precision where the hardware runs ``purpose`` faster in it, else fp32."""
     if precision not in (None, "auto"):
         return str(precision)
     if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    return "bf16-mixed" if cpu_has_fast_bf16(purpose) else "32-true"
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -112,7 +134,8 @@ def describe_machine() -> str:
     capped = " (capped)" if cpu_features()["AVX-512"] and kernels_capped() else ""
     return (
         f"CPU: {cpu_model()}, {os.cpu_count()} cores | {features} | kernels {cap}{capped} | "
-        f"precision auto -> {resolve_precision('auto', 'cpu')} | torch {torch.__version__}"
+        f"precision auto -> {resolve_precision('auto', 'cpu')} training, "
+        f"{resolve_precision('auto', 'cpu', 'inference')} inference | torch {torch.__version__}"
     )
 
 

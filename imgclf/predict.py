@@ -197,7 +197,7 @@ class Predictor(PredictorBase):
         self.channels_last = channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
-        self.precision = PRECISIONS[precision] or resolve_precision("auto", self.device.type)
+        self.precision = PRECISIONS[precision] or resolve_precision("auto", self.device.type, "inference")
         if autocast_dtype(self.precision) is not None and precision == "auto":
             self._fall_back_if_inexact(check_images)
 

@@ -32,7 +32,7 @@ def pixel_features(images: list[ScannedImage]) -> np.ndarray:
 
 def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping[str, Any]) -> np.ndarray:
     """The frozen backbone's pooled features (``model.backbone``), as training's feature store
-    computes them: bf16 with channels-last where the CPU runs bf16 natively."""
+    computes them for inference: bf16 with channels-last where the CPU runs inference faster so."""
     from imgclf.folders import ImageDataset
     from imgclf.hardware import resolve_precision
     from imgclf.model import ImageClassifier
@@ -55,7 +55,7 @@ def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping
         )
         model = ImageClassifier(backbone, 2, image_size=model_cfg.get("image_size"))
     dataset = ImageDataset([(root / im.path, 0) for im in images], eval_transform(model.preprocessing))
-    precision = resolve_precision(model_cfg.get("precision", "auto"), "cpu")
+    precision = resolve_precision(model_cfg.get("precision", "auto"), "cpu", "inference")
     forward = backbone_forward(model.backbone, precision, torch.device("cpu"))
     features, _, kept = run_network(
         forward, dataset, int(model_cfg["batch_size"]), int(model_cfg["num_workers"]), "backbone features"
