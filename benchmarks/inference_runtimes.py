@@ -214,8 +214,9 @@ def served(ckpt: Path, precision: str, predictor: PredictorBase, root: Path, rou
         in_process(predictor, uploads[:8])
         for round_number in range(rounds):
             print(f"served: round {round_number + 1}/{rounds} ...", file=sys.stderr)
-            local = in_process(predictor, uploads)
-            remote, failures, batch_sizes = drive(url, uploads, 4 * len(uploads))
+            work = 4 * uploads  # the same requests both ways, long enough to time
+            local = in_process(predictor, work)
+            remote, failures, batch_sizes = drive(url, uploads, len(work))
             shares.append(remote / local)
             rows.append((local, remote, failures, statistics.mean(batch_sizes or [0])))
     finally:

@@ -67,10 +67,16 @@ def onnxruntime_installed() -> bool:
     return True
 
 
-def session_options(onnxruntime: Any, threads: int | None = None, optimize: bool = True) -> Any:
+def session_options(
+    onnxruntime: Any, threads: int | None = None, optimize: bool = True, spin: bool = True
+) -> Any:
+    """``spin=False``: the threads sleep between runs instead of spinning for the next one, which
+    leaves the cores to whatever else the process does (a server's HTTP and decoding)."""
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:  # only the metadata is wanted: skip the graph optimisations
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     # errors only: ONNX Runtime prints its warnings (unused initializers, ...) itself, past logging
@@ -78,14 +84,16 @@ def session_options(onnxruntime: Any, threads: int | None = None, optimize: bool
     return options
 
 
-def open_session(model: str | os.PathLike | bytes, threads: int | None = None, optimize: bool = True) -> Any:
+def open_session(
+    model: str | os.PathLike | bytes, threads: int | None = None, optimize: bool = True, spin: bool = True
+) -> Any:
     """An ONNX Runtime CPU session on a file or on serialized model bytes."""
     onnxruntime = import_onnxruntime()
     name = "the exported model" if isinstance(model, bytes) else str(model)
     try:
         return onnxruntime.InferenceSession(
             model if isinstance(model, bytes) else str(model),
-            session_options(onnxruntime, threads, optimize),
+            session_options(onnxruntime, threads, optimize, spin),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # ONNX Runtime raises its own types for unreadable or newer files
@@ -155,19 +163,23 @@ class OnnxPredictor(PredictorBase):
         model: str | os.PathLike | bytes,
         source: str | os.PathLike | None = None,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
-        """``model``: a file, or serialized bytes (then ``source`` names them)."""
+        """``model``: a file, or serialized bytes (then ``source`` names them); ``threads`` and
+        ``spin`` as :func:`session_options` takes them."""
         if source is None and not isinstance(model, bytes):
             source = model
-        self.session = open_session(model, threads)
+        self.session = open_session(model, threads, spin=spin)
         record, self.check, self.source_sha256, precision = onnx_metadata(self.session, str(source))
         super().__init__(record, record["preprocessing"], record["architecture"]["backbone"]["name"], source)
         self.precision = precision
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> OnnxPredictor:
-        return cls(path, threads=threads)
+    def from_file(
+        cls, path: str | os.PathLike, threads: int | None = None, spin: bool = True
+    ) -> OnnxPredictor:
+        return cls(path, threads=threads, spin=spin)
 
     def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised images [N, 3, H, W] -> class probabilities [N, K] (float32)."""
@@ -299,11 +311,12 @@ def load_predictor(
     channels_last: bool = True,
     device: str = "cpu",
     threads: int | None = None,
+    spin: bool = True,
 ) -> PredictorBase:
     """The predictor ``runtime`` asks for (``auto``: the fastest verified one), logging the choice.
 
-    ``channels_last`` applies to PyTorch, ``threads`` to ONNX Runtime (PyTorch's are set with
-    ``torch.set_num_threads``).
+    ``channels_last`` applies to PyTorch, ``threads`` and ``spin`` to ONNX Runtime (PyTorch's
+    threads are set with ``torch.set_num_threads``).
     """
     choice = choose_model(ckpt_path, runtime, precision, device)
     log.info("runtime %s: %s, %s (%s)", runtime, choice.runtime, choice.path, choice.reason)
@@ -311,4 +324,4 @@ def load_predictor(
         return Predictor.from_file(
             choice.path, precision=precision, channels_last=channels_last, device=device
         )
-    return OnnxPredictor.from_file(choice.path, threads=threads)
+    return OnnxPredictor.from_file(choice.path, threads=threads, spin=spin)

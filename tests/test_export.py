@@ -123,6 +123,11 @@ def test_onnx_runtime_answers_as_pytorch(exported, test_images):
     assert len(set(expected.argmax(1).tolist())) > 1, "the calibrated model tells classes apart"
     alone = onnx_predictor.predict_batch(batch[:1])  # another batch size: the axis is dynamic
     assert (alone[0] - answers[0]).abs().max() < 1e-5
+    # as the server opens it: threads that sleep between batches, the same answers
+    sleeping = OnnxPredictor.from_file(folder / "model.onnx", spin=False)
+    options = sleeping.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert (sleeping.predict_batch(batch) - answers).abs().max() < 1e-6
 
 
 def test_no_lightning_on_the_onnx_path(exported, test_images):

@@ -110,6 +110,35 @@ def is_image_candidate(url: Any, ignore_domains: Iterable[str]) -> bool:
     return url_problem(url, ignore_domains) is None
 
 
+def hits_from_records(
+    records: Iterable[Any],
+    image_key: str,
+    page_key: str,
+    ignore_domains: Iterable[str],
+    seen: dict[str, str | None] | None = None,
+) -> list[ImageHit]:
+    """The full-size images that JSON result records name (``record[image_key]``, with its page at
+    ``record[page_key]``), in order, each once; records of another shape are passed over.
+
+    ``seen`` (optional) receives every image URL read, mapped to why it was skipped or None.
+    """
+    seen = seen if seen is not None else {}
+    hits: dict[str, ImageHit] = {}
+    for record in records:
+        url = record.get(image_key) if isinstance(record, dict) else None
+        if not isinstance(url, str):
+            continue
+        problem = url_problem(url, ignore_domains)
+        seen.setdefault(url, problem)
+        if problem is None:
+            page = record.get(page_key)
+            # Some real results have an empty page: no page rather than a page called "".
+            hits.setdefault(
+                url, ImageHit(url, page if isinstance(page, str) and page.startswith("http") else None)
+            )
+    return list(hits.values())
+
+
 @dataclass
 class SearchStats:
     """What one search read: every distinct result URL, with the reason it was skipped (or None)."""

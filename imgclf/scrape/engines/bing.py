@@ -26,10 +26,10 @@ from imgclf.scrape.engines.base import (
     clean_phrases,
     click_if_visible,
     first_line,
+    hits_from_records,
     page_text_matches,
     related_in_page,
     scroll_and_ask_for_more,
-    url_problem,
 )
 
 BLOCKED_TEXT = re.compile(
@@ -82,24 +82,14 @@ def tile_hits(
 
     ``seen`` (optional) receives every ``murl`` read, mapped to why it was skipped or None.
     """
-    seen = seen if seen is not None else {}
-    hits: dict[str, ImageHit] = {}
-    for text in metadata:
-        try:
-            record = json.loads(text)
-        except (TypeError, json.JSONDecodeError):
-            continue
-        url = record.get("murl") if isinstance(record, dict) else None
-        if not isinstance(url, str):
-            continue
-        problem = url_problem(url, ignore)
-        seen.setdefault(url, problem)
-        if problem is None:
-            page_url = record.get("purl")
-            # Some real tiles have an empty purl: no page rather than a page called "".
-            page_url = page_url if isinstance(page_url, str) and page_url.startswith("http") else None
-            hits.setdefault(url, ImageHit(url, page_url))
-    return list(hits.values())
+    return hits_from_records(map(_json_or_none, metadata), "murl", "purl", ignore, seen)
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return None
 
 
 def related_searches(page_html: str, query: str) -> list[str]:

@@ -32,10 +32,10 @@ from imgclf.scrape.engines.base import (
     captured_hits,
     clean_phrases,
     first_line,
+    hits_from_records,
     host_matches,
     page_text_matches,
     scroll_to_bottom,
-    url_problem,
 )
 
 VQD = re.compile(r"""vqd["']?\s*[:=]\s*["']?(\d-[\w-]+)""")
@@ -51,25 +51,15 @@ def parse_results(text: str, ignore: tuple[str, ...], seen: dict[str, str | None
     """``(hits, next)`` from an ``i.js`` answer: full-size images with their pages, and the
     relative URL of the next batch (None at the end). ``seen`` receives every image URL read,
     mapped to why it was skipped or None."""
-    seen = seen if seen is not None else {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         return [], None
     if not isinstance(data, dict):
         return [], None
-    hits: dict[str, ImageHit] = {}
-    for result in data.get("results") or []:
-        url = result.get("image") if isinstance(result, dict) else None
-        if not isinstance(url, str):
-            continue
-        problem = url_problem(url, ignore)
-        seen.setdefault(url, problem)
-        if problem is None:
-            page_url = result.get("url")
-            hits.setdefault(url, ImageHit(url, page_url if isinstance(page_url, str) else None))
+    hits = hits_from_records(data.get("results") or [], "image", "url", ignore, seen)
     following = data.get("next")
-    return list(hits.values()), following if isinstance(following, str) and following else None
+    return hits, following if isinstance(following, str) and following else None
 
 
 def suggestions(text: str, query: str) -> list[str]:
