@@ -51,11 +51,8 @@ def run_once(server: FixtureServer, names: list[str], concurrency: int) -> float
         store = DatasetStore(root, near_duplicate_distance=6)
 
         def sink(hit, final_url, image):
-            duplicate = store.duplicate_of(image)
-            if duplicate:
-                return duplicate[0]
-            store.save("train", "bench", image, Origin("bench", "bench", hit.url, final_url, None))
-            return None
+            origin = Origin("bench", "bench", hit.url, final_url, None)
+            return store.save_unless_duplicate("train", "bench", image, origin)
 
         async def fetch_all() -> dict:
             async with make_client(settings) as client:

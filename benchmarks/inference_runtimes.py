@@ -33,7 +33,6 @@ import io
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the calibrated model and server helpers live there
 from calibrated import calibrated_classifier, folder_images, save_classifier  # noqa: E402
 from conftest import backbone_config  # noqa: E402
-from processes import start_serve, stop  # noqa: E402
+from processes import drive, start_serve, stop  # noqa: E402
 
 HOCKEY = REPO_ROOT.parent / "shared" / "data" / "real-hockey"
 BATCHES = (1, 8)
@@ -156,37 +155,6 @@ def jpeg_uploads(root: Path, count: int) -> list[bytes]:
     return uploads
 
 
-def drive(url: str, uploads: list[bytes], requests: int) -> tuple[float, int, list[int]]:
-    """``requests`` POSTs from CONCURRENCY threads: (images per second, failures, batch sizes)."""
-    import httpx
-
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    failures, batch_sizes = [0], []
-
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=300) as http:
-            while (index := next_index()) is not None:
-                response = http.post("/classify", files={"img": ("photo.jpg", uploads[index % len(uploads)])})
-                with lock:
-                    if response.status_code == 200:
-                        batch_sizes.append(int(response.headers["x-batch-size"]))
-                    else:
-                        failures[0] += 1
-
-    def next_index() -> int | None:
-        with lock:
-            return next(counter, None)
-
-    threads = [threading.Thread(target=client) for _ in range(CONCURRENCY)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return requests / (time.perf_counter() - start), failures[0], batch_sizes
-
-
 def in_process(predictor: PredictorBase, uploads: list[bytes]) -> float:
     """What the server's worker does with batches of 8: decode, preprocess, one model call each."""
     start = time.perf_counter()
@@ -210,15 +178,16 @@ def served(ckpt: Path, precision: str, predictor: PredictorBase, root: Path, rou
         raise SystemExit(str(exc)) from None
     shares, rows = [], []
     try:
-        drive(url, uploads, 16)  # warm-up
+        drive(url, uploads, CONCURRENCY, 16)  # warm-up
         in_process(predictor, uploads[:8])
         for round_number in range(rounds):
             print(f"served: round {round_number + 1}/{rounds} ...", file=sys.stderr)
             work = 4 * uploads  # the same requests both ways, long enough to time
             local = in_process(predictor, work)
-            remote, failures, batch_sizes = drive(url, uploads, len(work))
+            load = drive(url, uploads, CONCURRENCY, len(work))
+            remote = len(work) / load["wall"]
             shares.append(remote / local)
-            rows.append((local, remote, failures, statistics.mean(batch_sizes or [0])))
+            rows.append((local, remote, len(load["errors"]), statistics.mean(load["batch_sizes"] or [0])))
     finally:
         stop(process)
     return rows, statistics.median(shares)

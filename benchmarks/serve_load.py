@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -58,7 +57,7 @@ from imgclf.transforms import eval_transform
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INCEPTION = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/backbone/inception_v3.yaml"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the server helpers live with the tests
-from processes import start_serve, stop  # noqa: E402
+from processes import drive, start_serve, stop  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with
@@ -142,63 +141,6 @@ def classify_uploads(predictor: Predictor, uploads: list[bytes]) -> torch.Tensor
 def in_process_throughput(predictor: Predictor, uploads: list[bytes]) -> float:
     batches = batches_of(uploads)
     return len(uploads) / sum(timed(classify_uploads, predictor, batch) for batch in batches)
-
-
-# --- the client, in its own process ------------------------------------------------------------
-
-
-def drive(url: str, uploads: list[bytes], concurrency: int, requests: int) -> dict[str, Any]:
-    """``requests`` POSTs from ``concurrency`` threads, each awaiting its answer before the next."""
-    import httpx
-
-    latencies: list[float] = []
-    batch_sizes: list[int] = []
-    errors: list[str] = []
-    counter = iter(range(requests))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        with httpx.Client(base_url=url, timeout=300) as http:
-            while True:
-                with lock:
-                    index = next(counter, None)
-                if index is None:
-                    return
-                start = time.perf_counter()
-                try:
-                    response = http.post(
-                        "/classify", files={"img": ("photo.jpg", uploads[index % len(uploads)])}
-                    )
-                    ok = response.status_code == 200 and response.json()["success"] is True
-                    problem = None if ok else f"{response.status_code} {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    problem, response = repr(exc), None
-                elapsed = time.perf_counter() - start
-                with lock:
-                    if problem:
-                        errors.append(problem)
-                    else:
-                        latencies.append(elapsed)
-                        batch_sizes.append(int(response.headers["x-batch-size"]))
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "wall": wall,
-        "latencies": latencies,
-        "batch_sizes": batch_sizes,
-        "errors": errors,
-    }
-
-
-# --- the server ----------------------------------------------------------------------------------
 
 
 def checkout(revision: str, folder: Path) -> Path:
@@ -482,6 +424,7 @@ def main() -> None:
                 except RuntimeError as exc:
                     raise SystemExit(str(exc)) from None
                 servers.append({"name": name, "url": url, "process": process})
+            # the HTTP client runs in a process of its own, out of the in-process measurement's way
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
                 for server in servers:
                     client.submit(drive, server["url"], uploads, 2, 4).result()  # warm-up

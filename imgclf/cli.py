@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -48,3 +50,22 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def exits_cleanly(interrupted: type[BaseException]) -> Iterator[None]:
+    """For the long, resumable jobs (scrape, pipeline): one line on stderr and a status instead of
+    a traceback. ``interrupted`` (raised on SIGINT or SIGTERM once the job has stopped cleanly, and
+    carrying ``signum``) exits with 128 + signum, an :class:`ImgclfError` with 2, a Ctrl+C before
+    the job began with 130."""
+    try:
+        yield
+    except interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except ImgclfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # before the job's own handlers were installed: nothing to undo
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)

@@ -9,7 +9,6 @@ command continues. The run ends with a summary.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import hydra
@@ -17,32 +16,21 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imgclf.errors import ImgclfError
-
 DEFAULT_MODEL = "data/trained_model/model.ckpt"
 
 
 @hydra.main(config_path="../conf", config_name="pipeline")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from imgclf.cli import quiet_lightning_tips
+    from imgclf.cli import exits_cleanly, quiet_lightning_tips
     from imgclf.pipeline import Pipeline, PipelineInterrupted
 
     # httpx logs every request at INFO, which would bury the scraper's progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     quiet_lightning_tips()
     console = Console()
-    try:
+    with exits_cleanly(PipelineInterrupted):
         pipeline = Pipeline(cfg, console, on_stage=lambda *args: show_stage(console, cfg, *args))
         summary = pipeline.run()
-    except PipelineInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        sys.exit(128 + exc.signum)
-    except ImgclfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # before the first stage: nothing was started
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        sys.exit(130)
     show_summary(console, summary)
     return summary
 

@@ -7,7 +7,6 @@ python scripts/scrape.py top_up.weakest=3 top_up.from=data/trained_model/eval_va
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -18,13 +17,15 @@ from imgclf.errors import ImgclfError
 
 @hydra.main(config_path="../conf", config_name="scrape")
 def main(cfg: DictConfig) -> None:
+    from imgclf.cli import exits_cleanly
     from imgclf.scrape.report import print_summary, top_up_table
     from imgclf.scrape.run import Interrupted, scrape, top_up, weakest_classes
 
     # httpx logs every request at INFO, which would bury the progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console = Console()
-    try:
+    # a Ctrl+C before any download starts (the CSV and the dataset are only read) undoes nothing
+    with exits_cleanly(Interrupted):
         if cfg.top_up["from"] is not None or cfg.top_up.weakest:
             if cfg.top_up["from"] is None:
                 raise ImgclfError(
@@ -41,16 +42,6 @@ def main(cfg: DictConfig) -> None:
             console.print(top_up_table(summary["classes"]))
         else:
             print_summary(console, scrape(cfg, console))
-    except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        sys.exit(128 + exc.signum)
-    except ImgclfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        # Before any download starts (the CSV and the dataset are only read): nothing to undo.
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +80,62 @@ def start_serve(
         stop(process)
         raise
     return process, url
+
+
+def drive(url: str, uploads: list[bytes], concurrency: int, requests: int) -> dict[str, Any]:
+    """``requests`` POSTs of ``uploads`` (in turn) to ``url/classify`` from ``concurrency`` threads,
+    each awaiting its answer before the next: the wall time, each answer's latency and batch size
+    (the server's ``X-Batch-Size``), and what went wrong with the others."""
+    import httpx
+
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    errors: list[str] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            while True:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    return
+                start = time.perf_counter()
+                try:
+                    response = http.post(
+                        "/classify", files={"img": ("photo.jpg", uploads[index % len(uploads)])}
+                    )
+                    ok = response.status_code == 200 and response.json()["success"] is True
+                    problem = None if ok else f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    problem, response = repr(exc), None
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if problem:
+                        errors.append(problem)
+                    else:
+                        latencies.append(elapsed)
+                        batch_sizes.append(int(response.headers["x-batch-size"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "wall": wall,
+        "latencies": latencies,
+        "batch_sizes": batch_sizes,
+        "errors": errors,
+    }
+
+
+# --- the server ----------------------------------------------------------------------------------
 
 
 def start_script(script: str, args: list[str]) -> subprocess.Popen:
@@ -218,3 +277,45 @@ class HeldUpload:
         if self.error is not None:
             raise self.error
         return self.response
+
+
+def interrupt_when(
+    command: list[str],
+    cwd: Path,
+    ready: Callable[[set[tuple[int, str, str]]], bool],
+    signum: int,
+    timeout: float = 600,
+) -> tuple[int, set[tuple[int, str, str]]]:
+    """Run ``command`` in a process group of its own (output to ``cwd/out.log``, ``cwd/err.log``),
+    poll its descendants until ``ready(seen)``, then send ``signum`` to the main process only, as
+    ``kill PID`` does: (its exit status, every descendant seen). Fails if it exits first, if the
+    moment never comes within ``timeout`` (catches a hang, measures nothing) or if anything it
+    started outlives it; whatever happens, nothing it started is left running."""
+    seen: set[tuple[int, str, str]] = set()
+    with open(cwd / "out.log", "w") as out, open(cwd / "err.log", "w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and process.poll() is None:
+                seen |= descendants(process.pid)
+                if ready(seen):
+                    break
+                time.sleep(0.1)
+            assert process.poll() is None, (cwd / "err.log").read_text()[-3000:]
+            assert ready(seen), "the moment to interrupt never came"
+            seen |= descendants(process.pid)
+            os.kill(process.pid, signum)
+            code = process.wait(timeout=120)
+            assert [p for p in seen if alive(p)] == [], "outlived the command"
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:  # its process group is empty
+                return code, seen
+            raise AssertionError(f"process group {process.pid} outlived the command")
+        finally:
+            if process.poll() is None:  # the test failed: leave nothing behind either
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                for child in seen | descendants(process.pid):
+                    if alive(child):
+                        os.kill(child[0], signal.SIGKILL)

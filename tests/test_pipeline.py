@@ -6,16 +6,14 @@ the engine's related searches, signals, and a rerun that skips what is done."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, compose
-from processes import alive, descendants
+from processes import interrupt_when
 from scrape_fixture import GoogleQuery
 from scrape_fixture.fixtures import TEST_OVERRIDES, fixture_server_fixture, web_fixture  # noqa: F401
 
@@ -255,33 +253,9 @@ def test_signals_stop_everything_and_the_same_command_continues(web, chromium_pa
     )
 
     def interrupt(signum: int, ready) -> tuple[int, str, set]:
-        seen: set = set()
-        with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
-            process = subprocess.Popen(command, stdout=out, stderr=err, cwd=tmp_path, start_new_session=True)
-            try:
-                deadline = time.monotonic() + 600  # catches a hang, measures nothing
-                while time.monotonic() < deadline and process.poll() is None:
-                    seen |= descendants(process.pid)
-                    if ready(seen):
-                        break
-                    time.sleep(0.1)
-                assert process.poll() is None, (tmp_path / "err.log").read_text()[-3000:]
-                assert ready(seen), "the moment to interrupt never came"
-                seen |= descendants(process.pid)
-                os.kill(process.pid, signum)  # the main process only, as `kill PID` does
-                code = process.wait(timeout=120)
-            finally:
-                if process.poll() is None:  # the test failed: leave nothing behind either
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-                    for child in seen | descendants(process.pid):
-                        if alive(child):
-                            os.kill(child[0], signal.SIGKILL)
+        code, seen = interrupt_when(command, tmp_path, ready, signum)
         stderr = (tmp_path / "err.log").read_text()
         assert "Traceback" not in stderr + (tmp_path / "out.log").read_text()
-        assert [p for p in seen if alive(p)] == []
-        with pytest.raises(ProcessLookupError):
-            os.killpg(process.pid, 0)  # its process group is empty
         return code, stderr.strip().splitlines()[-1], seen
 
     web.image_latency_s = 1.0  # downloads are in flight when the signal lands

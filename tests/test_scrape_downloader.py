@@ -92,11 +92,8 @@ def _download(server, tmp_path, names, need, **changes):
     store = DatasetStore(tmp_path, near_duplicate_distance=6)
 
     def sink(hit, final_url, image):
-        duplicate = store.duplicate_of(image)
-        if duplicate:
-            return duplicate[0]
-        store.save("train", "cats", image, Origin("cat", "test", hit.url, final_url, None))
-        return None
+        origin = Origin("cat", "test", hit.url, final_url, None)
+        return store.save_unless_duplicate("train", "cats", image, origin)
 
     async def run():
         async with make_client(settings) as client:

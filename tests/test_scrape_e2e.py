@@ -16,17 +16,17 @@ from conftest import REPO_ROOT
 from PIL import Image
 from scrape_fixture import GoogleQuery
 from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+    HEADER,
     cli_overrides,
     fixture_server_fixture,
     scrape_config,
     web_fixture,
+    write_csv,
 )
 
 from imgclf.hashing import hamming, hex_to_hash, perceptual_hash, sha256_file
 from imgclf.images import load_image
 from imgclf.scrape.run import scrape
-
-HEADER = "search_term,number_imgs,folder_name,train_val\n"
 
 # The first result page of "hockey player": three good photos and every kind of bad answer.
 HOCKEY_FIRST = [
@@ -61,12 +61,6 @@ HOCKEY_SAVED = {
     "photo.webp",
     "anim.gif",
 }  # ... plus one of dup-a.jpg / dup-b.jpg
-
-
-def write_csv(directory: Path, rows: str) -> Path:
-    path = directory / "searchterms.csv"
-    path.write_text(HEADER + rows, encoding="utf-8")
-    return path
 
 
 def files_under(root: Path) -> list[str]:

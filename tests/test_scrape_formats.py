@@ -9,21 +9,15 @@ from pathlib import Path
 import pytest
 from scrape_fixture import GoogleQuery, pages
 from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+    HEADER,
     fixture_server_fixture,
     scrape_config,
     web_fixture,
+    write_csv,
 )
 
 from imgclf.scrape.engines.google import extract_hits, related_searches
 from imgclf.scrape.run import scrape
-
-HEADER = "search_term,number_imgs,folder_name,train_val\n"
-
-
-def write_csv(directory: Path, rows: str) -> Path:
-    path = directory / "searchterms.csv"
-    path.write_text(HEADER + rows, encoding="utf-8")
-    return path
 
 
 def manifest(root: Path) -> list[dict]:

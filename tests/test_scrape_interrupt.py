@@ -3,15 +3,12 @@ nothing outlives it, nothing is half-written, it says so in one line, and a reru
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 from conftest import REPO_ROOT
-from processes import alive, descendants
+from processes import interrupt_when
 from scrape_fixture import GoogleQuery
 from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
     cli_overrides,
@@ -42,25 +39,12 @@ def test_signal_stops_everything_and_a_rerun_continues(web, chromium_path, tmp_p
         "download.deadline_s=30",
         f"hydra.run.dir='{tmp_path / 'hydra'}'",
     ]
-    seen: set[tuple[int, str, str]] = set()
-    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=tmp_path, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120  # catches a hang, measures nothing
-            while time.monotonic() < deadline and process.poll() is None:
-                seen |= descendants(process.pid)
-                chromium = any("chrom" in name.lower() for _, _, name in seen)
-                if chromium and folder.is_dir() and list(folder.glob("cats_*.jpg")):
-                    break
-                time.sleep(0.1)
-            assert process.poll() is None, (tmp_path / "err.log").read_text()
-            seen |= descendants(process.pid)
-            os.kill(process.pid, signum)  # the main process only, as `kill PID` does
-            returncode = process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+
+    def downloading(seen) -> bool:
+        chromium = any("chrom" in name.lower() for _, _, name in seen)
+        return chromium and folder.is_dir() and bool(list(folder.glob("cats_*.jpg")))
+
+    returncode, seen = interrupt_when(command, tmp_path, downloading, signum, timeout=120)
 
     stderr = (tmp_path / "err.log").read_text()
     assert returncode == 128 + signum, stderr
@@ -73,9 +57,6 @@ def test_signal_stops_everything_and_a_rerun_continues(web, chromium_path, tmp_p
     # Chromium (Playwright starts it in a process group of its own), its helpers and the
     # Playwright driver were all running, and none outlived the command.
     assert len(seen) >= 3 and any("chrom" in n.lower() for _, _, n in seen), seen
-    assert [p for p in seen if alive(p)] == []
-    with pytest.raises(ProcessLookupError):
-        os.killpg(process.pid, 0)  # its process group is empty
     saved = sorted(folder.glob("cats_*.jpg"))
     assert 1 <= len(saved) < 10
     assert sorted(p.name for p in root.rglob("*") if p.is_file() and p.name.endswith(".tmp")) == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 from hydra import compose, initialize_config_dir
+from scrape_fixture.fixtures import HEADER
 
 from imgclf.errors import ImgclfError
 from imgclf.scrape.run import scrape
@@ -17,8 +18,6 @@ from imgclf.scrape.searchterms import (
     read_searchterms,
     resolve_searchterms,
 )
-
-HEADER = "search_term,number_imgs,folder_name,train_val\n"
 
 
 def write(tmp_path: Path, text: str) -> Path:

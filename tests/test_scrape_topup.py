@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 from scrape_fixture import GoogleQuery
 from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+    HEADER,
     cli_overrides,
     fixture_server_fixture,
     scrape_config,
@@ -22,8 +23,6 @@ from imgclf.errors import ImgclfError
 from imgclf.scrape.browser import open_browser
 from imgclf.scrape.engines import SearchSettings, make_engine
 from imgclf.scrape.run import scrape, weakest_classes
-
-HEADER = "search_term,number_imgs,folder_name,train_val\n"
 
 
 def manifest(root: Path) -> list[dict]:

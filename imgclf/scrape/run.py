@@ -429,13 +429,8 @@ class _Job:
 
     def _sink(self, term: SearchTerm, engine: SearchEngine):
         def sink(hit: ImageHit, final_url: str, image: PreparedImage) -> str | None:
-            duplicate = self.store.duplicate_of(image)
-            if duplicate is not None:
-                log.debug("%s: %s of %s", hit.url, *duplicate)
-                return duplicate[0]
             origin = Origin(term.search_term, engine.name, hit.url, final_url, hit.page_url)
-            self.store.save(term.split, term.folder_name, image, origin)
-            return None
+            return self.store.save_unless_duplicate(term.split, term.folder_name, image, origin)
 
         return sink
 

@@ -171,6 +171,19 @@ class DatasetStore:
         self._load()
         return removed
 
+    def save_unless_duplicate(
+        self, split: str, folder: str, image: PreparedImage, origin: Origin
+    ) -> str | None:
+        """Save the image as :meth:`save` does unless it duplicates one already in the dataset
+        (any split or class); then the reason (``duplicate_exact`` or ``duplicate_near``), else None.
+        """
+        duplicate = self.duplicate_of(image)
+        if duplicate is not None:
+            log.debug("%s: %s of %s", origin.source_url, *duplicate)
+            return duplicate[0]
+        self.save(split, folder, image, origin)
+        return None
+
     def save(self, split: str, folder: str, image: PreparedImage, origin: Origin) -> Path:
         """Write the image as ``{split}/{folder}/{folder}_{n}.jpg``, then its manifest row."""
         key = (split, folder)

@@ -16,6 +16,17 @@ from omegaconf import DictConfig
 
 from scrape_fixture.server import FixtureServer
 
+# the search-terms CSV's columns (the original tool's names are read too)
+HEADER = "search_term,number_imgs,folder_name,train_val\n"
+
+
+def write_csv(directory: Path, rows: str) -> Path:
+    """``directory/searchterms.csv``: the header, then ``rows``."""
+    path = directory / "searchterms.csv"
+    path.write_text(HEADER + rows, encoding="utf-8")
+    return path
+
+
 # Short timeouts and pauses: the fixture answers in milliseconds unless told to be slow.
 TEST_OVERRIDES = (
     "browser.ignore_https_errors=true",
