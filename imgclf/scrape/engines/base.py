@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from playwright.async_api import BrowserContext, Page, Request
+from playwright.async_api import BrowserContext, Page, Request, Response
 from playwright.async_api import Error as PlaywrightError
 
 from imgclf.errors import ImgclfError
@@ -335,6 +335,21 @@ class Capture:
     seen: dict[str, str | None] = field(default_factory=dict)  # every image URL read -> problem
     pending: set[asyncio.Task] = field(default_factory=set)
     blocked: tuple[str, str] | None = None  # (kind, what happened)
+
+    def read_later(self, response: Response, use: Callable[[Response, str], None]) -> None:
+        """Read ``response``'s body in the background (``captured_hits`` waits for it), then
+        ``use(response, text)``; a body that is gone (page closed, redirect) is nothing to read."""
+
+        async def read() -> None:
+            try:
+                text = await response.text()
+            except PlaywrightError:
+                return
+            use(response, text)
+
+        task = asyncio.ensure_future(read())
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
 
 
 async def captured_hits(engine: SearchEngine, capture: Capture, query: str) -> list[ImageHit]:

@@ -138,16 +138,7 @@ class DuckDuckGoEngine(SearchEngine):
         if parts.path != "/i.js" or not host_matches(parts.hostname or "", (self.own_domain,)):
             return
         self._capture.requested.add(f"{parts.path}?{parts.query}")
-        task = asyncio.ensure_future(self._read(response))
-        self._capture.pending.add(task)
-        task.add_done_callback(self._capture.pending.discard)
-
-    async def _read(self, response: Response) -> None:
-        try:
-            text = await response.text()
-        except PlaywrightError:  # body gone (page closed): nothing to read
-            return
-        self._absorb(response.status, text, response.url)
+        self._capture.read_later(response, lambda r, text: self._absorb(r.status, text, r.url))
 
     def _absorb(self, status: int, text: str, url: str) -> None:
         if status != 200:

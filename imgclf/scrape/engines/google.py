@@ -253,15 +253,9 @@ class GoogleEngine(SearchEngine):
         elif "/sorry/" in urlsplit(response.url).path:
             self._capture.blocked = (CAPTCHA, f"CAPTCHA page at {response.url}")
         elif response.ok and response.request.resource_type in ("document", "xhr", "fetch"):
-            task = asyncio.ensure_future(self._read(response))
-            self._capture.pending.add(task)
-            task.add_done_callback(self._capture.pending.discard)
+            self._capture.read_later(response, self._take_hits)
 
-    async def _read(self, response: Response) -> None:
-        try:
-            text = await response.text()
-        except PlaywrightError:  # body gone (page closed, redirect): nothing to read
-            return
+    def _take_hits(self, response: Response, text: str) -> None:
         for hit in extract_hits(text, self.ignore, self._capture.seen):
             self._capture.hits.setdefault(hit.url, hit)
 
