@@ -31,8 +31,9 @@ def pixel_features(images: list[ScannedImage]) -> np.ndarray:
 
 
 def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping[str, Any]) -> np.ndarray:
-    """The frozen backbone's pooled features (``model.backbone``), as training's feature store
-    computes them for inference: bf16 with channels-last where the CPU runs inference faster so."""
+    """The frozen backbone's pooled features (``model.backbone``): the feature store's
+    preprocessing and batched pass, in inference precision (``model.precision=auto``: bf16 with
+    channels-last only where the CPU infers faster so, i.e. with AMX; fp32 elsewhere)."""
     from imgclf.folders import ImageDataset
     from imgclf.hardware import resolve_precision
     from imgclf.model import ImageClassifier
