@@ -143,6 +143,9 @@ def in_process_throughput(predictor: Predictor, uploads: list[bytes]) -> float:
     return len(uploads) / sum(timed(classify_uploads, predictor, batch) for batch in batches)
 
 
+# --- the server ----------------------------------------------------------------------------------
+
+
 def checkout(revision: str, folder: Path) -> Path:
     """The files of git ``revision`` of this repository, in ``folder``."""
     archive = subprocess.run(

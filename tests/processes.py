@@ -135,9 +135,6 @@ def drive(url: str, uploads: list[bytes], concurrency: int, requests: int) -> di
     }
 
 
-# --- the server ----------------------------------------------------------------------------------
-
-
 def start_script(script: str, args: list[str]) -> subprocess.Popen:
     """``python scripts/<script>.py args`` from the repository root, its output discarded: for
     tests that kill it part-way."""
