@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +39,10 @@ from imgclf.model import ImageClassifier  # noqa: E402
 from imgclf.predict import Predictor, backbone_forward, run_network  # noqa: E402
 from imgclf.transforms import eval_transform  # noqa: E402
 
-BACKBONES = sorted(p.stem for p in (ROOT / "conf" / "model" / "backbone").glob("*.yaml"))
+sys.path.insert(0, str(ROOT / "tests"))  # the backbone configs are listed and read there
+from conftest import backbone_config, backbone_names  # noqa: E402
+
+BACKBONES = backbone_names()
 
 
 def images_per_second(predictor: Predictor, size: int, batches: int, batch_size: int = 8) -> float:
@@ -110,9 +112,7 @@ def table(backbones: list[str], photo_count: int, batches: int, bf16: bool) -> N
     with tempfile.TemporaryDirectory() as tmp:
         samples = photos(Path(tmp) / "photos", photo_count)
         for name in backbones:
-            spec = OmegaConf.to_container(
-                OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{name}.yaml")
-            )
+            spec = backbone_config(name)
             model = ImageClassifier(spec, 10)
             size = model.image_size
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6

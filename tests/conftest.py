@@ -76,6 +76,11 @@ def compose(config_name: str, overrides: list[str] | None = None, output_dir: Pa
     return cfg
 
 
+def backbone_names() -> list[str]:
+    """Every backbone ``model/backbone=`` offers: the configs in ``conf/model/backbone/``."""
+    return sorted(p.stem for p in (REPO_ROOT / "conf" / "model" / "backbone").glob("*.yaml"))
+
+
 def backbone_config(name: str) -> dict:
     """``conf/model/backbone/NAME.yaml`` as the plain mapping the model takes."""
     from omegaconf import OmegaConf

@@ -282,12 +282,14 @@ def interrupt_when(
     ready: Callable[[set[tuple[int, str, str]]], bool],
     signum: int,
     timeout: float = 600,
+    stop_timeout: float = 120,
 ) -> tuple[int, set[tuple[int, str, str]]]:
     """Run ``command`` in a process group of its own (output to ``cwd/out.log``, ``cwd/err.log``),
     poll its descendants until ``ready(seen)``, then send ``signum`` to the main process only, as
     ``kill PID`` does: (its exit status, every descendant seen). Fails if it exits first, if the
-    moment never comes within ``timeout`` (catches a hang, measures nothing) or if anything it
-    started outlives it; whatever happens, nothing it started is left running."""
+    moment never comes within ``timeout`` (catches a hang, measures nothing), if it takes over
+    ``stop_timeout`` to stop, or if anything it started outlives it; whatever happens, nothing it
+    started is left running."""
     seen: set[tuple[int, str, str]] = set()
     with open(cwd / "out.log", "w") as out, open(cwd / "err.log", "w") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, start_new_session=True)
@@ -302,7 +304,7 @@ def interrupt_when(
             assert ready(seen), "the moment to interrupt never came"
             seen |= descendants(process.pid)
             os.kill(process.pid, signum)
-            code = process.wait(timeout=120)
+            code = process.wait(timeout=stop_timeout)
             assert [p for p in seen if alive(p)] == [], "outlived the command"
             try:
                 os.killpg(process.pid, 0)

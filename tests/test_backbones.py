@@ -11,7 +11,7 @@ import httpx
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, run_script
+from conftest import FAST_TRAIN, backbone_config, backbone_names, compose, run_script
 from processes import start_serve, stop
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import get_model_builder, get_weight
@@ -37,8 +37,7 @@ BACKBONES = sorted(SIZES)
 
 
 def test_every_backbone_has_a_config():
-    configs = sorted(p.stem for p in (REPO_ROOT / "conf" / "model" / "backbone").glob("*.yaml"))
-    assert configs == BACKBONES
+    assert backbone_names() == BACKBONES
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_signal_stops_everything_and_a_rerun_continues(web, chromium_path, tmp_p
         chromium = any("chrom" in name.lower() for _, _, name in seen)
         return chromium and folder.is_dir() and bool(list(folder.glob("cats_*.jpg")))
 
-    returncode, seen = interrupt_when(command, tmp_path, downloading, signum, timeout=120)
+    returncode, seen = interrupt_when(command, tmp_path, downloading, signum, timeout=120, stop_timeout=60)
 
     stderr = (tmp_path / "err.log").read_text()
     assert returncode == 128 + signum, stderr
