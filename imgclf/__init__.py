@@ -1,7 +1,7 @@
 """imgclf: transfer-learning image classification from search terms to a served model.
 
-Importing the package registers the config resolver ``${imgclf.crop_size:WEIGHTS}`` (the image
-size a torchvision weights enum was evaluated at: 299 for Inception v3, 224 for most), the default
+Importing the package registers the config resolver ``${imgclf.crop_size:BACKBONE}`` (the image
+size a backbone's weights were evaluated at: 299 for Inception v3, 224 for most), the default
 of ``data.image_size``, so that every entry point and test composing ``conf/`` can resolve it.
 """
 
@@ -13,10 +13,11 @@ __all__ = ["ImgclfError"]
 __version__ = "0.1.0"
 
 
-def _crop_size(weights: str) -> int:
+def _crop_size(backbone) -> int:
     from imgclf.backbones import default_image_size
 
-    return default_image_size({"weights": weights})
+    return default_image_size(backbone)
 
 
-OmegaConf.register_resolver("imgclf.crop_size", _crop_size, replace=True, use_cache=True)
+# not cached: the argument is a config node (model.backbone), which the cache cannot key on
+OmegaConf.register_resolver("imgclf.crop_size", _crop_size, replace=True)

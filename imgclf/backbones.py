@@ -1,4 +1,4 @@
-"""Backbones: torchvision networks that end at their pooled features, and their pixels.
+"""Backbones: torchvision and timm networks that end at their pooled features, and their pixels.
 
 A backbone is described by a plain mapping (``conf/model/backbone/NAME.yaml``, stored again in
 every model file so that a model rebuilds from its file alone):
@@ -15,6 +15,10 @@ every model file so that a model rebuilds from its file alone):
 - ``freeze_norm``: whether BatchNorm layers keep their ImageNet statistics in every stage;
 - ``kwargs``: builder arguments; ``fixed_input_size``: the network is built for one input size
   (a vision transformer's position embeddings), pretrained ones are interpolated to it.
+
+``library: timm`` marks a timm model (:mod:`imgclf.timm_backbones`: any of timm's zoo, and
+EfficientNet-Lite0 with ImageNet weights that install from the package index); without it a
+backbone is torchvision's. Every function here answers for both.
 
 Nothing here imports Lightning: the review tool and the server use it too.
 """
@@ -33,6 +37,7 @@ from torch import nn
 from torchvision.models import get_model_builder, get_weight
 from torchvision.models.vision_transformer import interpolate_embeddings
 
+from imgclf import timm_backbones
 from imgclf.errors import ImgclfError
 from imgclf.io import atomic_open
 
@@ -54,11 +59,16 @@ def weights_enum(backbone: Mapping[str, Any]) -> Any:
 def smallest_image(backbone: Mapping[str, Any]) -> int:
     if backbone.get("min_image_size"):
         return int(backbone["min_image_size"])
+    if timm_backbones.is_timm(backbone):
+        least = timm_backbones.pretrained_cfg(backbone).min_input_size
+        return max(SMALLEST_IMAGE, int(least[-1]) if least else 0)
     return max(SMALLEST_IMAGE, int(weights_enum(backbone).meta.get("min_size", (0, 0))[0]))
 
 
 def default_image_size(backbone: Mapping[str, Any]) -> int:
     """The crop the weights were evaluated at (299 for Inception v3, 224 for most)."""
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.default_image_size(backbone)
     return int(weights_enum(backbone).transforms().crop_size[0])
 
 
@@ -75,12 +85,15 @@ def check_image_size(backbone: Mapping[str, Any], image_size: int) -> None:
         )
 
 
-def preprocessing(weights: str, image_size: int | None = None) -> dict[str, Any]:
-    """Resize, crop and normalisation from the weights' own transforms, scaled to ``image_size``.
+def preprocessing(backbone: Mapping[str, Any], image_size: int | None = None) -> dict[str, Any]:
+    """Resize, crop and normalisation from the weights' own metadata, scaled to ``image_size``.
 
-    ``image_size=None`` keeps the weights' own crop.
+    torchvision's weights transforms, or timm's ``pretrained_cfg``; ``image_size=None`` keeps the
+    weights' own crop.
     """
-    reference = weights_enum({"weights": weights}).transforms()
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.preprocessing(backbone, image_size)
+    reference = weights_enum(backbone).transforms()
     crop = int(image_size or reference.crop_size[0])
     ratio = reference.resize_size[0] / reference.crop_size[0]
     return {
@@ -100,6 +113,8 @@ def build_backbone(
     On the ``meta`` device nothing is allocated or initialised: the caller loads a state dict
     with ``assign=True`` (a saved model, or ImageNet weights).
     """
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.build(backbone, image_size, device)
     try:
         builder = get_model_builder(str(backbone["name"]))
     except ValueError:
@@ -119,12 +134,24 @@ def build_backbone(
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
+def resolve(backbone: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """The description with every ``auto`` value read from the network, as the model file keeps it."""
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.resolve(backbone, image_size)
+    return dict(backbone)
+
+
 def weights_file(backbone: Mapping[str, Any]) -> Path:
-    """Where torchvision keeps the weights file: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    """Where the weights file is, or would be cached: torchvision's
+    ``$TORCH_HOME/hub/checkpoints/<file>``, the hub's cache or the package that ships it."""
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.weights_file(backbone) or Path(os.devnull, "not-cached")
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum(backbone).url)
 
 
 def missing_weights_message(backbone: Mapping[str, Any], reason: str) -> str:
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.missing_weights_message(backbone, reason)
     target = weights_file(backbone)
     return (
         f"ImageNet weights for {backbone['name']} are not available ({reason}). Either put "
@@ -155,6 +182,8 @@ def download(url: str, target: Path, timeout_s: float = 20.0) -> Path:
 
 def fetch_weights(backbone: Mapping[str, Any], allow_download: bool = True) -> Path:
     """The weights file in the torch cache, downloaded there first when allowed."""
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.fetch_weights(backbone, allow_download)
     cached = weights_file(backbone)
     if cached.is_file():
         return cached
@@ -218,6 +247,8 @@ def pretrained_backbone(
 ) -> nn.Module:
     """The backbone with ImageNet weights: from ``weights_path``, or the torch cache."""
     source = weights_path or fetch_weights(backbone, allow_download)
+    if timm_backbones.is_timm(backbone):
+        return timm_backbones.pretrained(backbone, image_size, source)
     network = build_backbone(backbone, image_size, device="meta")
     load_pretrained(network, backbone, source)
     return network

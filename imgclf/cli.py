@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, user_error
 
 log = logging.getLogger("imgclf")
 
@@ -45,10 +45,11 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     quiet_lightning_tips()
     try:
         return task(cfg)
-    except ImgclfError as exc:
-        if in_multirun():
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None or in_multirun():
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from imgclf.errors import user_error
+
 log = logging.getLogger(__name__)
 
 # A config may only name classes from these packages: a config file is not a way to run code.
@@ -15,8 +17,17 @@ TRUSTED_TARGETS = ["imgclf.*", "torch.optim.*", "pytorch_lightning.*", "lightnin
 
 
 def build(conf: Any, **kwargs: Any) -> Any:
-    """``instantiate`` with plain dicts and lists as arguments (checkpoints stay weights-only)."""
-    return instantiate(conf, _execution_whitelist_=TRUSTED_TARGETS, _convert_="all", **kwargs)
+    """``instantiate`` with plain dicts and lists as arguments (checkpoints stay weights-only).
+
+    A user error raised while the config resolves (a resolver's) comes out as itself.
+    """
+    try:
+        return instantiate(conf, _execution_whitelist_=TRUSTED_TARGETS, _convert_="all", **kwargs)
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None or error is exc:
+            raise
+        raise error from None
 
 
 def build_all(group: DictConfig | None, kind: str) -> list[Any]:

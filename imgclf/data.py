@@ -1,7 +1,7 @@
 """The image data module: image folders -> batches, built from its own config (``conf/data/``).
 
 Its pixels are those the backbone's weights expect (:func:`imgclf.backbones.preprocessing` of
-``weights`` at ``image_size``), computed by the same function the model uses. When the dataset has
+``backbone`` at ``image_size``), computed by the same function the model uses. When the dataset has
 no ``val/`` folder, ``val_fraction`` of ``train/`` (stratified, seeded with ``split_seed``) is
 held out instead; the split is recorded (``val_split``) with the model.
 """
@@ -29,7 +29,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        weights: str,
+        backbone: Mapping[str, Any],
         augmentation: Mapping[str, Any],
         image_size: int | None = None,
         batch_size: int = 20,
@@ -42,7 +42,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(root)
-        self.preprocessing = preprocessing(weights, image_size)
+        self.preprocessing = preprocessing(backbone, image_size)
         self.augmentation = dict(augmentation) if augment else None
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)

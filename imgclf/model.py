@@ -1,4 +1,4 @@
-"""The classifier: a torchvision backbone ending at its pooled features, then an MLP head.
+"""The classifier: a torchvision or timm backbone ending at its pooled features, then an MLP head.
 
 The model owns its description (as timm's ``pretrained_cfg``): ``backbone`` (the mapping of
 :mod:`imgclf.backbones`), ``image_size``, ``preprocessing`` and the head's shape, which the data
@@ -20,6 +20,7 @@ from imgclf.backbones import (
     default_image_size,
     preprocessing,
     pretrained_backbone,
+    resolve,
 )
 from imgclf.errors import ImgclfError
 
@@ -73,12 +74,13 @@ class ImageClassifier(nn.Module):
     ) -> None:
         """``image_size=None``: the backbone weights' own."""
         super().__init__()
-        self.backbone_config = dict(backbone)
         self.image_size = int(image_size or default_image_size(backbone))
         check_image_size(backbone, self.image_size)
+        backbone = resolve(backbone, self.image_size)
+        self.backbone_config = backbone
         self.head_config = {**HEAD_DEFAULTS, **dict(head or {})}
         self.num_classes = int(num_classes)
-        self.preprocessing = preprocessing(backbone["weights"], self.image_size)
+        self.preprocessing = preprocessing(backbone, self.image_size)
         self.backbone = network if network is not None else build_backbone(backbone, self.image_size)
         self.head = MLPHead(int(backbone["feature_dim"]), self.num_classes, **self.head_config)
 

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.backbones import missing_weights_message, weights_file
+from imgclf.backbones import fetch_weights
 from imgclf.checkpoint import export_model
 from imgclf.config import build, build_all
 from imgclf.data import ImageFolderDataModule
@@ -33,13 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def check_weights_early(model_cfg: DictConfig) -> None:
-    """Fail in seconds, before any data is read, when ImageNet weights cannot be had."""
-    if not model_cfg.pretrained or model_cfg.get("weights_path") or model_cfg.get("allow_download", True):
-        return
-    if not weights_file(model_cfg.backbone).is_file():
-        raise ImgclfError(
-            missing_weights_message(model_cfg.backbone, "not in the torch cache and downloads are off")
-        )
+    """Fail in seconds, before any data is read, when ImageNet weights cannot be had (a download,
+    when allowed, happens here rather than after the dataset scan)."""
+    if model_cfg.pretrained and not model_cfg.get("weights_path"):
+        fetch_weights(model_cfg.backbone, model_cfg.get("allow_download", True))
 
 
 def load_data(cfg: DictConfig) -> ImageFolderDataModule:

@@ -10,13 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 import pytorch_lightning as pl
+import timm
 import torch
 from conftest import FAST_TRAIN, backbone_config, backbone_names, compose, run_script
 from processes import start_serve, stop
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import get_model_builder, get_weight
 
-from imgclf.backbones import preprocessing
+from imgclf.backbones import default_image_size, fetch_weights, preprocessing
 from imgclf.checkpoint import read_model
 from imgclf.config import build
 from imgclf.errors import ImgclfError
@@ -32,6 +33,8 @@ SIZES = {
     "convnext_tiny": 64,
     "mobilenet_v3_large": 64,
     "vit_b_16": 64,
+    "efficientnet_lite0": 64,  # timm's tf_efficientnet_lite0, the weights of an installed package
+    "timm": 64,  # timm's zoo; its default name, convnext_nano
 }
 BACKBONES = sorted(SIZES)
 
@@ -42,13 +45,17 @@ def test_every_backbone_has_a_config():
 
 @pytest.fixture(scope="module")
 def imagenet_state_dicts(tmp_path_factory) -> dict[str, Path]:
-    """Each network's state dict in torchvision's ImageNet layout (classifier included), as a
-    downloaded weights file would be; random values. Inception v3's own random initialisation
-    gives pooled features beyond float16 (the feature store refuses them); PyTorch's default
-    initialisation (``init_weights=False``) gives small ones, as trained weights do."""
+    """Each network's state dict in its library's ImageNet layout (classifier included), as a
+    downloaded weights file would be; random values, except EfficientNet-Lite0's, whose real
+    weights are installed. Inception v3's own random initialisation gives pooled features beyond
+    float16 (the feature store refuses them); PyTorch's default initialisation
+    (``init_weights=False``) gives small ones, as trained weights do."""
     folder = tmp_path_factory.mktemp("weights")
-    paths = {}
-    for name in BACKBONES:
+    paths = {"efficientnet_lite0": fetch_weights(backbone_config("efficientnet_lite0"), allow_download=False)}
+    torch.manual_seed(0)
+    paths["timm"] = folder / "timm.pth"
+    torch.save(timm.create_model(backbone_config("timm")["name"]).state_dict(), paths["timm"])
+    for name in set(BACKBONES) - set(paths):
         torch.manual_seed(0)
         extra = {"init_weights": False} if name == "inception_v3" else {}
         network = get_model_builder(name)(weights=None, **extra)
@@ -73,7 +80,11 @@ def overrides(name: str, root: Path, model_dir: Path, *extra: str) -> list[str]:
 def test_builds_from_config_with_the_weights_pixels(tmp_path, name):
     spec = backbone_config(name)
     default = compose("train", [f"model/backbone={name}"], output_dir=tmp_path)
-    assert default.data.image_size == get_weight(spec["weights"]).transforms().crop_size[0]
+    if spec.get("library") == "timm":
+        assert default.data.image_size == timm.models.get_pretrained_cfg(spec["name"]).input_size[-1]
+    else:
+        assert default.data.image_size == get_weight(spec["weights"]).transforms().crop_size[0]
+    assert default.data.image_size == default_image_size(spec)
     size = SIZES[name]
     cfg = compose(
         "train",
@@ -81,24 +92,24 @@ def test_builds_from_config_with_the_weights_pixels(tmp_path, name):
         output_dir=tmp_path,
     )
     module = build(cfg.model, num_classes=3)
-    assert module.model.preprocessing == preprocessing(spec["weights"], size)
+    assert module.model.preprocessing == preprocessing(spec, size)
     assert build(cfg.data).preprocessing == module.model.preprocessing  # one source for both
     with torch.no_grad():
         features = module.model.backbone.eval()(torch.randn(2, 3, size, size))
-    assert features.shape == (2, spec["feature_dim"])
+    assert features.shape == (2, module.model.backbone_config["feature_dim"])
 
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_fine_tuning_unfreezes_exactly_the_named_blocks(name, imagenet_state_dicts):
-    spec = backbone_config(name)
     size = SIZES[name]
     module = ClassifierModule(
         3,
-        spec,
+        backbone_config(name),
         functools.partial(torch.optim.SGD, lr=0.5),
         image_size=size,
         weights_path=str(imagenet_state_dicts[name]),
     )
+    spec = module.model.backbone_config  # timm's `auto` blocks, resolved
     before = {k: v.clone() for k, v in module.model.backbone.state_dict().items()}
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(6, 3, size, size), torch.arange(6) % 3)
@@ -158,13 +169,12 @@ def test_every_path_works(tmp_path, name, small_digits_root, imagenet_state_dict
     )
     train(compose("train", pretrained, output_dir=tmp_path / "run"))
     store = next((tmp_path / "cache").iterdir())
-    assert (
-        json.loads((store / "meta.json").read_text())["splits"]["train"]["dim"]
-        == backbone_config(name)["feature_dim"]
-    )
-
     record = read_model(model_dir / "model.ckpt")  # weights_only
-    assert record["architecture"]["backbone"]["name"] == name
+    backbone = record["architecture"]["backbone"]
+    assert json.loads((store / "meta.json").read_text())["splits"]["train"]["dim"] == backbone["feature_dim"]
+    assert backbone["name"] == backbone_config(name)["name"]
+    if backbone.get("library") == "timm":  # the model file says which timm built it
+        assert backbone["timm_version"] == timm.__version__
     assert record["preprocessing"]["crop"] == SIZES[name]
     image = sorted((small_digits_root / "test" / "7").glob("*.png"))[0]
     classified = run_script("classify", f"img={image}", f"paths.model_dir={model_dir}", "precision=fp32")

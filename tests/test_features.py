@@ -58,7 +58,7 @@ def chunk_indices(store: Path, split: str) -> dict[str, np.ndarray]:
 def test_the_store_holds_what_the_backbone_computes(tmp_path, small_digits_root, weights):
     data = ImageFolderDataModule(
         str(small_digits_root),
-        INCEPTION["weights"],
+        INCEPTION,
         augmentation={},
         image_size=75,
         augment=False,
@@ -84,7 +84,7 @@ def test_the_store_holds_what_the_backbone_computes(tmp_path, small_digits_root,
 
 def test_features_beyond_float16_are_refused(tmp_path, small_digits_root):
     data = ImageFolderDataModule(
-        str(small_digits_root), INCEPTION["weights"], augmentation={}, image_size=75, augment=False
+        str(small_digits_root), INCEPTION, augmentation={}, image_size=75, augment=False
     )
     data.scan()
     huge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 75 * 75, 8))

@@ -52,7 +52,7 @@ def test_checkpoint_is_self_describing(tiny_model):
     record = torch.load(tiny_model, map_location="cpu", weights_only=True)
     assert record["format"] == FORMAT
     assert record["classes"] == ["0", "1", "7"]
-    assert record["preprocessing"] == preprocessing(INCEPTION["weights"], 75)
+    assert record["preprocessing"] == preprocessing(INCEPTION, 75)
     assert record["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     architecture = record["architecture"]
     assert architecture["backbone"]["name"] == "inception_v3"

@@ -1,0 +1,144 @@
+"""Transfer learning on real ImageNet features, side by side in one run: imgclf's own commands
+against the ten-line linear probe a practitioner would write, and against training from scratch.
+
+    python benchmarks/transfer_quality.py [--data DIR] [--backbone efficientnet_lite0]
+                                          [--only NAME ...] [-- extra train.py overrides]
+
+Data: ``--data``, else the original tool's hockey photos beside the repository
+(``../shared/data/real-hockey``: 449 train / 107 val photos, 6 classes), else scikit-learn's digits.
+Weights: EfficientNet-Lite0's ImageNet weights, installed from the package index (no network).
+
+Rows, each a real ``python scripts/train.py`` (one shared, initially empty feature store):
+
+- ``probe``: scikit-learn's LogisticRegression on the frozen backbone's pooled features of the plain
+  (unaugmented) view, computed here with imgclf's preprocessing and inference loop;
+- ``head``: imgclf's defaults for the backbone (head on stored features of 8 augmented views);
+- ``head, no augmentation``, ``head + fine-tuning`` (``model.fine_tune=true``: the top blocks then
+  train on images), ``head + fine-tuning, no augmentation``;
+- ``from scratch``: ``model.pretrained=false``, the same epochs, on images.
+
+Validation accuracy is the saved model's, counted as ``eval.py`` counts it. Wall times include
+each command's start, and the feature store pass when that row is the first to need it (said in
+the table). Goal: imgclf's defaults reach at least the probe, aiming at >= 0.98.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf.hardware import describe_machine  # noqa: E402
+
+HOCKEY = ROOT.parent / "shared" / "data" / "real-hockey"
+
+RUNS = {
+    "head": [],
+    "head, no augmentation": ["data.augment=false"],
+    "head + fine-tuning": ["model.fine_tune=true"],
+    "head + fine-tuning, no augmentation": ["model.fine_tune=true", "data.augment=false"],
+    "from scratch": ["model.pretrained=false"],
+}
+
+
+def probe(root: Path, backbone_name: str) -> tuple[float, int, int, float]:
+    """Logistic regression on frozen pooled features: (accuracy, right, total, seconds)."""
+    from omegaconf import OmegaConf
+    from sklearn.linear_model import LogisticRegression
+
+    from imgclf.backbones import fetch_weights
+    from imgclf.folders import ImageDataset, list_split
+    from imgclf.model import ImageClassifier
+    from imgclf.predict import backbone_forward, run_network
+    from imgclf.transforms import eval_transform
+
+    started = time.perf_counter()
+    backbone = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{backbone_name}.yaml"))
+    model = ImageClassifier.pretrained(backbone, 2, weights_path=fetch_weights(backbone, allow_download=False))
+    forward = backbone_forward(model.backbone.eval(), "fp32", torch.device("cpu"))
+    splits = {}
+    classes = list_split(root, "train", True).classes
+    for split in ("train", "val"):
+        samples = list_split(root, split, True).samples(classes)
+        dataset = ImageDataset(samples, eval_transform(model.preprocessing), on_error="mark")
+        features, targets, _ = run_network(forward, dataset, 32, 2, f"probe features ({split})")
+        splits[split] = (features.float().numpy(), np.asarray(targets))
+    classifier = LogisticRegression(max_iter=2000, C=1.0)
+    classifier.fit(*splits["train"])
+    right = int((classifier.predict(splits["val"][0]) == splits["val"][1]).sum())
+    total = len(splits["val"][1])
+    return right / total, right, total, time.perf_counter() - started
+
+
+def train(args: list[str]) -> tuple[str, float]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", *args], cwd=ROOT, capture_output=True, text=True, env=os.environ
+    )
+    if result.returncode:
+        raise SystemExit(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout + result.stderr, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--only", nargs="*", default=None, help="rows to run (probe and RUNS names)")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
+    args = parser.parse_args()
+    wanted = set(args.only) if args.only else {"probe", *RUNS}
+
+    print(f"# transfer_quality: {describe_machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data
+        if root is None and HOCKEY.is_dir():
+            root = HOCKEY
+        if root is None:
+            from imgclf.demo import make_digits_dataset
+
+            root = Path(tmp) / "digits"
+            make_digits_dataset(root)
+        print(f"data: {root}; backbone: {args.backbone}; extra overrides: {' '.join(args.overrides) or '-'}\n")
+        print("| run | val acc | right / total | wall s | note |")
+        print("| --- | ---: | ---: | ---: | --- |")
+        if "probe" in wanted:
+            accuracy, right, total, seconds = probe(root, args.backbone)
+            row = f"| linear probe (scikit-learn) | {accuracy:.4f} | {right} / {total} | {seconds:.0f} |"
+            print(f"{row} features of the plain view, LogisticRegression(C=1) |", flush=True)
+        stores_seen: set[str] = set()
+        for name, extra in RUNS.items():
+            if name not in wanted:
+                continue
+            model_dir = Path(tmp) / re.sub(r"\W+", "-", name)
+            common = [
+                f"model/backbone={args.backbone}",
+                f"data.root={root}",
+                f"paths.model_dir={model_dir}",
+                f"paths.cache_dir={tmp}/cache",
+                f"paths.log_dir={tmp}/logs",
+                f"hydra.run.dir={model_dir}/run",
+            ]
+            output, seconds = train([*common, *extra, *args.overrides])
+            accuracy = float(re.search(r"val accuracy: ([0-9.]+)", output).group(1))
+            total = sum(1 for p in (root / "val").rglob("*") if p.is_file()) if (root / "val").is_dir() else 0
+            stores = set(re.findall(r"Computing backbone features once \(store (\S+?);", output))
+            note = "computed the feature store" if stores - stores_seen else ""
+            stores_seen |= stores
+            right = f"{round(accuracy * total)} / {total}" if total else "-"
+            print(f"| {name} | {accuracy:.4f} | {right} | {seconds:.0f} | {note} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
