@@ -33,13 +33,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.hashing import perceptual_hash, sha256_bytes
 from imgclf.images import ACCEPTED_FORMATS, ImageDecodeError, load_image
-from imgclf.scrape.engines.base import ImageHit, url_problem
+from imgclf.scrape.engines.base import ImageHit, is_disguised_address, url_problem
 from imgclf.scrape.store import PreparedImage
 
 log = logging.getLogger(__name__)
@@ -148,16 +149,27 @@ async def fetch(
 async def _fetch(
     client: httpx.AsyncClient, url: str, settings: DownloadSettings, resolver: Resolver
 ) -> tuple[bytes, str]:
-    target = httpx.URL(url)
+    target = httpx.URL(_undisguised(url))
     for _ in range(settings.max_redirects + 1):
         response = await _send(client, target, settings, resolver)
         try:
             if not response.is_redirect:
                 return await _body(response, settings.max_bytes), str(target)
-            target = target.join(response.headers["location"])
+            target = target.join(_undisguised(response.headers["location"]))
         finally:
             await response.aclose()
     raise Rejected("http_error", "too many redirects")
+
+
+def _undisguised(url: str) -> str:
+    """``url`` (or a redirect's Location), unless its host is an IPv4 address in disguise."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return url  # httpx names what is wrong with it
+    if host and is_disguised_address(host):
+        raise Rejected("forbidden_host", f"{host} is an address in disguise")
+    return url
 
 
 async def _send(
@@ -165,8 +177,6 @@ async def _send(
 ) -> httpx.Response:
     """GET ``url`` from an address of its host that was checked, trying each address in turn."""
     problem = url_problem(str(url), ())
-    if problem == "numeric_host":
-        raise Rejected("forbidden_host", f"{url.host} is an address in disguise")
     if problem is not None:
         raise Rejected("http_error", f"{problem} URL {url}")
     host = url.raw_host.decode("ascii")
