@@ -19,7 +19,14 @@ from PIL import Image
 from scrape_fixture.fixtures import fixture_server_fixture, web_fixture  # noqa: F401 - fixtures
 
 from imgclf.scrape import downloader
-from imgclf.scrape.downloader import DownloadSettings, Rejected, download, fetch, is_public_address, make_client
+from imgclf.scrape.downloader import (
+    DownloadSettings,
+    Rejected,
+    download,
+    fetch,
+    is_public_address,
+    make_client,
+)
 from imgclf.scrape.engines import ImageHit
 from imgclf.scrape.engines.base import url_problem
 
@@ -68,7 +75,15 @@ class Host:
 
 @pytest.fixture
 def hosts(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     started: list[Host] = []
 
@@ -129,14 +144,26 @@ def test_loopback_is_refused_without_being_contacted(hosts):
 
 @pytest.mark.parametrize(
     "spelling",
-    ["2130706433", "0x7f.1", "0x7f000001", "0177.0.0.1", "127.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"],
+    [
+        "2130706433",
+        "0x7f.1",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+    ],
 )
 def test_address_spellings_are_refused(hosts, spelling):
     victim = hosts()
     victim.routes["/"] = (200, {}, jpeg())
     assert rejection(f"http://{spelling}:{victim.port}/", settings()) == "forbidden_host"
     if not spelling.startswith("["):  # numbers in disguise are refused even where loopback is allowed
-        assert rejection(f"http://{spelling}:{victim.port}/", settings(allow_private_hosts=True)) == "forbidden_host"
+        assert (
+            rejection(f"http://{spelling}:{victim.port}/", settings(allow_private_hosts=True))
+            == "forbidden_host"
+        )
         assert url_problem(f"http://{spelling}/a.jpg", ()) == "numeric_host"
     assert victim.requests == []
 
@@ -220,7 +247,9 @@ def test_the_connection_goes_to_the_address_that_was_checked(hosts):
     second.routes["/a.jpg"] = (200, {}, jpeg(color="blue"))
     resolver = Resolver({"rebind.example": [["127.0.0.1"], ["127.0.0.2"]]})
 
-    data, final_url = outcome(f"http://rebind.example:{first.port}/a.jpg", settings(allow_private_hosts=True), resolver)
+    data, final_url = outcome(
+        f"http://rebind.example:{first.port}/a.jpg", settings(allow_private_hosts=True), resolver
+    )
 
     assert data == jpeg(color="red") and final_url == f"http://rebind.example:{first.port}/a.jpg"
     assert resolver.asked == ["rebind.example"]
