@@ -57,7 +57,7 @@ def _to_8_bit(img: Image.Image) -> Image.Image:
         if sixteen:
             scaled = band // 257  # exactly floor(value * 255 / 65535)
         else:
-            scaled = band.astype(np.float32) * np.float32(255.0 / top)
+            scaled = np.multiply(band, np.float32(255.0 / top), dtype=np.float32)
             np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
             np.clip(scaled, 0, 255, out=scaled)
         out.paste(Image.fromarray(scaled.astype(np.uint8), mode="L"), (0, y))
