@@ -45,7 +45,11 @@ def photo_like(seed: int) -> bytes:
 
 def run_once(server: FixtureServer, names: list[str], concurrency: int) -> float:
     settings = DownloadSettings(
-        concurrency=concurrency, verify=str(server.cert), timeout_s=30, deadline_s=120
+        concurrency=concurrency,
+        verify=str(server.cert),
+        timeout_s=30,
+        deadline_s=120,
+        allow_private_hosts=True,  # the fixture is on 127.0.0.1
     )
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as root:
         store = DatasetStore(root, near_duplicate_distance=6)

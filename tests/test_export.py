@@ -172,7 +172,7 @@ def test_classify_script_same_answers_with_onnx(exported, test_images, tmp_path)
     error = classify_script(folder, "onnx", broken)
     assert error.returncode == 2 and "Traceback" not in error.stderr
     assert error.stderr == (  # load_image's words, as with runtime=torch (tests/test_bad_input.py)
-        f"error: {broken}: not an image Pillow can decode; use a JPEG, PNG, GIF, WEBP or TIFF file\n"
+        f"error: {broken}: not an image of an accepted format; use a JPEG, PNG, GIF, WEBP, BMP or TIFF file\n"
     )
 
 
@@ -228,7 +228,7 @@ def test_serve_with_onnx_runtime(exported, test_images, tmp_path):
             )
             bad = client.post("/classify", files={"img": ("x.png", b"not an image")})
             assert bad.status_code == 400 and bad.json()["success"] is False
-            assert "not an image Pillow can decode" in bad.json()["error"]
+            assert "not an image of an accepted format" in bad.json()["error"]
     finally:
         stop(process)
     assert "Traceback" not in log_path.read_text()

@@ -29,6 +29,7 @@ def settings_for(server, **changes) -> DownloadSettings:
         "max_bytes": 1_000_000,
         "concurrency": 8,
         "verify": str(server.cert),
+        "allow_private_hosts": True,  # the fixture is on 127.0.0.1
     }
     return DownloadSettings(**{**values, **changes})
 

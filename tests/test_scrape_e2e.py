@@ -164,6 +164,7 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
     assert hockey_report["engines"] == {"google": "ok", "bing": "ok", "duckduckgo": "ok"}
     assert (hockey_report["found"], hockey_report["downloaded"], hockey_report["have"]) == (21, 12, 12)
     assert hockey_report["rejected"] == {
+        "forbidden_host": 0,
         "http_error": 1,
         "timeout": 1,
         "too_large": 2,

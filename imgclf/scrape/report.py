@@ -111,6 +111,7 @@ def summarize(
 
 # What each rejection reason means, for the summary's second table.
 REASON_HELP = {
+    "forbidden_host": "the host is not on the public internet (loopback, private, link-local, ...)",
     "http_error": "the host answered with an error, refused, or redirected too often",
     "timeout": "no answer within download.timeout_s / deadline_s",
     "too_large": "over download.max_bytes",

@@ -30,6 +30,7 @@ def write_csv(directory: Path, rows: str) -> Path:
 # Short timeouts and pauses: the fixture answers in milliseconds unless told to be slow.
 TEST_OVERRIDES = (
     "browser.ignore_https_errors=true",
+    "download.allow_private_hosts=true",  # the image host is 127.0.0.1
     "download.timeout_s=1.5",
     "download.connect_timeout_s=3",
     "download.deadline_s=5",

@@ -14,6 +14,7 @@ did not use.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import time
 from abc import ABC, abstractmethod
@@ -80,15 +81,33 @@ def host_matches(host: str, domains: Iterable[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
-URL_PROBLEMS = ("data_uri", "not_http", "bad_url", "thumbnail_host")
+URL_PROBLEMS = ("data_uri", "not_http", "bad_url", "numeric_host", "thumbnail_host")
+
+# A last label that makes a URL parser read the whole host as an IPv4 address (WHATWG URL
+# standard, "ends in a number"), however it is spelled.
+_NUMBER_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
+
+
+def is_disguised_address(host: str) -> bool:
+    """Is ``host`` an IPv4 address not written in dotted decimal (2130706433, 0x7f.1, 0177.0.0.1,
+    127.1)? Resolvers read these as addresses; nothing but a filter's evasion writes them so."""
+    host = host.rstrip(".")
+    if not _NUMBER_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def url_problem(url: Any, ignore_domains: Iterable[str]) -> str | None:
     """Why ``url`` is not a full-size image candidate, or None when it is one.
 
     Reasons: ``data_uri`` (an inline thumbnail), ``not_http`` (relative, other scheme, not a
-    string), ``bad_url`` (no host), ``thumbnail_host`` (a host in ``ignore_domains``: the engine's
-    own and its thumbnail servers).
+    string), ``bad_url`` (no host), ``numeric_host`` (an IPv4 address spelled as a number, in hex
+    or octal), ``thumbnail_host`` (a host in ``ignore_domains``: the engine's own and its thumbnail
+    servers). Whether the host's addresses are public is the downloader's check, after resolving.
     """
     if not isinstance(url, str):
         return "not_http"
@@ -102,6 +121,8 @@ def url_problem(url: Any, ignore_domains: Iterable[str]) -> str | None:
         return "bad_url"
     if not host:
         return "bad_url"
+    if is_disguised_address(host):
+        return "numeric_host"
     return "thumbnail_host" if host_matches(host, ignore_domains) else None
 
 
