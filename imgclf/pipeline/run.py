@@ -256,16 +256,16 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Every stage in turn, holding the pipeline's lock: a second run of the same model folder
         fails at once, naming this one, rather than both writing the state and the model."""
-        with exclusive(self.state.path, "the pipeline state"):
-            # Read again under the lock: a run that ended since __init__ may have changed it.
-            self.state = State(self.state.path)
-            return self._run()
-
-    def _run(self) -> dict[str, Any]:
         stages = self.plan()
         for stage in stages:  # a misspelt override fails now, not after an hour of scraping
             if stage.round == 1:
                 getattr(self, f"_prepare_{stage.name}")(stage)
+        with exclusive(self.state.path, "the pipeline state"):
+            # Read again under the lock: a run that ended since __init__ may have changed it.
+            self.state = State(self.state.path)
+            return self._run(stages)
+
+    def _run(self, stages: list[Stage]) -> dict[str, Any]:
         started = [s.round for s in stages if s.name == "top_up" and self.state.get(s.key)]
         latest = max(started, default=1)
         self._signals.install()
