@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from imgclf.errors import ImgclfError
 from imgclf.images import ImageDecodeError, load_image
+from imgclf.paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,17 @@ def list_split(root: str | Path, split: str, verify: bool = True) -> SplitListin
         )
     if not directory.is_dir():
         raise ImgclfError(f"dataset split folder {directory} is missing; {layout_hint(root)}")
-    class_dirs = sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not inside(directory, root):
+        raise ImgclfError(
+            f"{directory} is a link that leads out of the dataset; move the split into {root} "
+            "(links inside the dataset are followed, links out of it are not)"
+        )
+    outside: list[Path] = []
+    class_dirs = []
+    for entry in sorted(directory.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            # Only a link can lead out: the split folder itself is inside (checked above).
+            (outside if entry.is_symlink() and not inside(entry, root) else class_dirs).append(entry)
     if not class_dirs:
         raise ImgclfError(f"{directory} has no class folders; {layout_hint(root)}")
     files: dict[str, list[Path]] = {}
@@ -102,7 +113,9 @@ def list_split(root: str | Path, split: str, verify: bool = True) -> SplitListin
     for class_dir in class_dirs:
         kept = []
         for path in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-            if verify and not is_image(path):
+            if path.is_symlink() and not inside(path, root):
+                outside.append(path)
+            elif verify and not is_image(path):
                 skipped.append(path)
             else:
                 kept.append(path)
@@ -113,6 +126,14 @@ def list_split(root: str | Path, split: str, verify: bool = True) -> SplitListin
             )
         files[class_dir.name] = kept
     listing = SplitListing(split, directory, files, {"not an image": skipped} if skipped else {})
+    if outside:
+        # Not even listed as skipped: the review would read them.
+        log.warning(
+            "%s: skipped %d link(s) that lead out of the dataset (first: %s)",
+            directory,
+            len(outside),
+            outside[0],
+        )
     if skipped:
         log.warning(
             "%s: skipped %d file(s) that are not images (first: %s)", directory, len(skipped), skipped[0]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -44,6 +46,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)
+
+
+def create_new_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``path`` whole in one step, as :func:`atomic_write_bytes` does, but only when no file
+    has that name: :class:`FileExistsError` otherwise, and the file there is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() fails when the name is taken, where rename() would replace the file.
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def move_no_replace(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a file to ``target``, which must not exist (:class:`FileExistsError`, nothing moved):
+    a file that appears at ``target`` at any moment is never overwritten."""
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Another file system: a full copy beside the target, then linked into place.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copy2(source, tmp)
+            os.link(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    os.unlink(source)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

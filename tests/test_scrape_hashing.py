@@ -78,7 +78,7 @@ def test_near_duplicate_index_keeps_keys_with_equal_hashes():
 
 def test_manifest_drops_a_torn_last_row_and_appends_on_a_fresh_line(tmp_path):
     path = tmp_path / "manifest.jsonl"
-    append_row(path, {"path": "train/a/a_1.jpg", "sha256": "x"})
+    append_row(path, {"path": "train/a/a_1.jpg", "sha256": "ab" * 32})
     with open(path, "a") as handle:
         handle.write('{"path": "train/a/a_2.jpg", "sha2')  # a kill in the middle of a write
     torn = path.read_bytes()

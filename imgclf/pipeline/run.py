@@ -40,6 +40,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgclf.errors import ImgclfError
+from imgclf.locks import exclusive
 from imgclf.pipeline.state import State, config_digest, digest, file_digest, now, tree_digest
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,21 @@ def compose_stage(command: str, overrides: list[str], output_dir: Path) -> DictC
     return cfg
 
 
-def image_count(folder: Path) -> int:
+def image_count(folder: Path, root: Path) -> int:
+    """The images in a class folder, leaving out links that lead out of the dataset ``root``."""
     from imgclf.images import is_image_file
+    from imgclf.paths import inside
 
     if not folder.is_dir():
         return 0
-    return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
+    return sum(
+        1
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not (p.is_symlink() and not inside(p, root))
+        and is_image_file(p)
+    )
 
 
 class Pipeline:
@@ -244,10 +254,18 @@ class Pipeline:
         return stages
 
     def run(self) -> dict[str, Any]:
+        """Every stage in turn, holding the pipeline's lock: a second run of the same model folder
+        fails at once, naming this one, rather than both writing the state and the model."""
         stages = self.plan()
         for stage in stages:  # a misspelt override fails now, not after an hour of scraping
             if stage.round == 1:
                 getattr(self, f"_prepare_{stage.name}")(stage)
+        with exclusive(self.state.path, "the pipeline state"):
+            # Read again under the lock: a run that ended since __init__ may have changed it.
+            self.state = State(self.state.path)
+            return self._run(stages)
+
+    def _run(self, stages: list[Stage]) -> dict[str, Any]:
         started = [s.round for s in stages if s.name == "top_up" and self.state.get(s.key)]
         latest = max(started, default=1)
         self._signals.install()
@@ -418,16 +436,25 @@ class Pipeline:
         cfg = prepared.configs["scrape"]
         classes = prepared.extra["classes"]
         train = self.root / "train"
-        resuming = previous and previous["status"] == "started" and previous["config"] == prepared.digest
+        resuming = (
+            previous
+            and previous["status"] == "started"
+            and previous["config"] == prepared.digest
+            and all(
+                isinstance(previous.get(key, {}).get(name), int)
+                for key in ("had", "targets")
+                for name in classes
+            )
+        )
         if resuming:
             had, targets = previous["had"], previous["targets"]
             log.info("%s: continuing the interrupted top-up towards %s", stage.label, targets)
         else:
-            had = {name: image_count(train / name) for name in classes}
+            had = {name: image_count(train / name, self.root) for name in classes}
             targets = {name: had[name] + int(self.cfg.loop.extra_images) for name in classes}
         record.update(had=had, targets=targets)
         self.state.put(stage.key, record)  # a rerun after a kill aims at the same numbers
-        missing = {name: targets[name] - image_count(train / name) for name in classes}
+        missing = {name: targets[name] - image_count(train / name, self.root) for name in classes}
         summaries = []
         by_need: dict[int, list[str]] = {}
         for name, need in missing.items():
@@ -441,7 +468,7 @@ class Pipeline:
             searched = [
                 s for summary in summaries for s in summary["classes"].get(name, {}).get("searches", [])
             ]
-            have = image_count(train / name)
+            have = image_count(train / name, self.root)
             per_class[name] = {
                 "had": had[name],
                 "added": have - had[name],

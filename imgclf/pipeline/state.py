@@ -43,7 +43,8 @@ def config_digest(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
 
 def tree_digest(root: Path) -> str | None:
     """Every file under ``root``: relative path, size and modification time (not the contents:
-    a dataset of thousands of images is fingerprinted in well under a second)."""
+    a dataset of thousands of images is fingerprinted in well under a second). Links count as
+    themselves, not as what they point to: a link out of the dataset is never followed."""
     if not root.is_dir():
         return None
     entries = []
@@ -51,7 +52,7 @@ def tree_digest(root: Path) -> str | None:
         dirs.sort()
         for name in sorted(files):
             path = Path(folder, name)
-            stat = path.stat()
+            stat = path.lstat()
             entries.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
     return digest(entries)
 
@@ -70,6 +71,38 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+STATUSES = ("started", "done", "failed")
+# The fields the pipeline reads back, and the JSON type each must have when present.
+_FIELDS = {"round": int, "stage": str, "config": str, "before": dict, "after": dict, "outcome": str}
+_FIELDS |= {"error": str, "result": dict, "had": dict, "targets": dict, "seconds": (int, float)}
+
+
+def _check_records(path: Path, stages: Any) -> dict[str, dict[str, Any]]:
+    """``stages`` when it has the shape the pipeline writes; otherwise an error naming the record."""
+
+    def fail(problem: str) -> None:
+        raise ImgclfError(f"{path}: {problem}; delete the file to run every stage again")
+
+    if not isinstance(stages, dict):
+        fail(f"'stages' is a {type(stages).__name__}, not a mapping of stage records")
+    for key, record in stages.items():
+        if not isinstance(record, dict):
+            fail(f"stage {key!r} is a {type(record).__name__}, not a record")
+        if record.get("status") not in STATUSES:
+            fail(f"stage {key!r} has status {record.get('status')!r}, not one of {', '.join(STATUSES)}")
+        if not isinstance(record.get("config"), str):
+            fail(f"stage {key!r} has no settings hash ('config')")
+        for name, kind in _FIELDS.items():
+            if name in record and not isinstance(record[name], kind):
+                fail(
+                    f"stage {key!r}: {name!r} is a {type(record[name]).__name__}, "
+                    "which the pipeline never writes"
+                )
+        if record["status"] == "done" and not isinstance(record.get("after"), dict):
+            fail(f"stage {key!r} is done but records no files ('after')")
+    return stages
+
+
 class State:
     """The records of one pipeline (one ``paths.model_dir``), saved after every change."""
 
@@ -79,7 +112,7 @@ class State:
         if path.is_file():
             try:
                 document = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                 raise ImgclfError(
                     f"{path} cannot be read ({exc}); delete it to run every stage again"
                 ) from None
@@ -87,7 +120,7 @@ class State:
                 raise ImgclfError(
                     f"{path} is not a pipeline state file ({FORMAT}); delete it to run every stage again"
                 )
-            self.records = document["stages"]
+            self.records = _check_records(path, document.get("stages"))
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.records.get(key)

@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from imgclf.errors import ImgclfError
+from imgclf.locks import exclusive
 from imgclf.scrape.browser import check_executable, open_browser
 from imgclf.scrape.downloader import DownloadSettings, download, make_client
 from imgclf.scrape.engines import (
@@ -52,7 +53,7 @@ from imgclf.scrape.engines import (
 )
 from imgclf.scrape.engines.base import first_line
 from imgclf.scrape.report import EngineReport, TermReport, summarize
-from imgclf.scrape.searchterms import SearchTerm, read_searchterms, resolve_searchterms
+from imgclf.scrape.searchterms import SearchTerm, check_class_name, read_searchterms, resolve_searchterms
 from imgclf.scrape.store import DatasetStore, Origin, PreparedImage
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,11 @@ def scrape(cfg: DictConfig | Mapping[str, Any], console: Console | None = None) 
     """
     cfg = _plain(cfg)
     terms, engines, settings, distance = _prepare(cfg)
+    with exclusive(Path(cfg["data"]["root"]), "the dataset"):
+        return _scrape(cfg, console, terms, engines, settings, distance)
+
+
+def _scrape(cfg, console, terms, engines, settings, distance) -> dict[str, Any]:
     store = DatasetStore(cfg["data"]["root"], distance)
     for split, folder in dict.fromkeys((t.split, t.folder_name) for t in terms):
         if cfg.get("overwrite"):
@@ -184,7 +190,7 @@ def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall"
             f"{path} not found; evaluate the model first (python scripts/eval.py "
             "split=val) or point top_up.from at its metrics.json"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ImgclfError(
             f"{path} is not an evaluation's metrics.json ({exc}); point "
             "top_up.from at the file scripts/eval.py wrote"
@@ -194,7 +200,8 @@ def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall"
     for name, values in (per_class or {}).items():
         score = values.get(metric) if isinstance(values, dict) else None
         if isinstance(score, (int, float)) and not isinstance(score, bool):
-            scores[name] = float(score)
+            # It names the folder the top-up writes to: a crafted file must not reach outside.
+            scores[check_class_name(name, str(path))] = float(score)
     if not scores:
         raise ImgclfError(
             f"{path} has no per_class {metric}; point top_up.from at the "
@@ -220,7 +227,14 @@ def top_up(
     cfg = _plain(cfg)
     if extra <= 0:
         raise ImgclfError(f"top_up.extra_images={extra}: give how many images to add per class")
+    for name in classes:
+        check_class_name(name, "the classes to top up")
     terms, engines, settings, distance = _prepare(cfg)
+    with exclusive(Path(cfg["data"]["root"]), "the dataset"):
+        return _top_up(cfg, classes, extra, console, terms, engines, settings, distance)
+
+
+def _top_up(cfg, classes, extra, console, terms, engines, settings, distance) -> dict[str, Any]:
     store = DatasetStore(cfg["data"]["root"], distance)
     phrasings = {}
     for name in dict.fromkeys(classes):

@@ -32,6 +32,9 @@ MAX_FOLDER_NAME = 100
 # Letters, digits, "_", "-" and inner dots: never a path separator, a parent reference, a hidden
 # name or a character that some file system refuses.
 _FOLDER_NAME = re.compile(r"^[^\W_]([\w.-]*[\w-])?$")
+PLAIN_NAME_HINT = (
+    "use letters, digits, '_' and '-' (no '/', '\\', '..', spaces or leading dot), e.g. hockey_player"
+)
 _EXAMPLE_NAME = re.compile(r"^[a-z0-9_-]+$")
 
 
@@ -173,16 +176,28 @@ def _parse_count(path: Path, line: int, text: str) -> int:
     return count
 
 
+def is_folder_name(name: object) -> bool:
+    """A class folder name the dataset can hold, wherever it comes from (the CSV, a metrics.json)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_FOLDER_NAME
+        and ".." not in name
+        and _FOLDER_NAME.fullmatch(name) is not None
+    )
+
+
+def check_class_name(name: object, source: str) -> str:
+    """``name`` when :func:`is_folder_name`; otherwise :class:`ImgclfError` naming ``source``."""
+    if not is_folder_name(name):
+        raise ImgclfError(f"class {name!r} from {source} is not a plain folder name; {PLAIN_NAME_HINT}")
+    return name
+
+
 def _check_folder_name(path: Path, line: int, name: str) -> str:
     if not name:
         _fail(path, line, "folder_name is empty; name the class folder, e.g. hockey_player")
-    if len(name) > MAX_FOLDER_NAME or ".." in name or not _FOLDER_NAME.match(name):
-        _fail(
-            path,
-            line,
-            f"folder_name {name!r} is not a plain folder name; use letters, digits, "
-            "'_' and '-' (no '/', '\\', '..', spaces or leading dot), e.g. hockey_player",
-        )
+    if not is_folder_name(name):
+        _fail(path, line, f"folder_name {name!r} is not a plain folder name; {PLAIN_NAME_HINT}")
     return name
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgclf.errors import ImgclfError
 from imgclf.hashing import (
     NearDuplicateIndex,
     hash_to_hex,
@@ -24,9 +25,10 @@ from imgclf.hashing import (
     sha256_file,
 )
 from imgclf.images import ImageDecodeError, is_image_file, load_image
-from imgclf.io import atomic_write_bytes
+from imgclf.io import create_new_bytes
+from imgclf.paths import inside
 from imgclf.scrape.manifest import MANIFEST_NAME, append_row, read_manifest, rewrite_manifest
-from imgclf.scrape.searchterms import SPLITS
+from imgclf.scrape.searchterms import SPLITS, check_class_name
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +88,37 @@ class DatasetStore:
                 self._index_file(path, rel)
 
     def _image_files(self) -> list[Path]:
-        files = []
+        files, outside = [], []
         for split in SPLITS:
             split_dir = self.root / split
             if split_dir.is_dir():
-                files.extend(
-                    path
-                    for path in sorted(split_dir.glob("*/*"))
-                    if path.is_file() and is_image_file(path) and not path.name.startswith(".")
-                )
+                for path in sorted(split_dir.glob("*/*")):
+                    if path.name.startswith(".") or not path.is_file():
+                        continue
+                    if not inside(path, self.root):
+                        outside.append(path)
+                    elif is_image_file(path):
+                        files.append(path)
+        if outside:
+            log.warning(
+                "%s: skipped %d link(s) that lead out of the dataset (first: %s)",
+                self.root,
+                len(outside),
+                outside[0],
+            )
         return files
+
+    def _folder(self, split: str, folder: str) -> Path:
+        """``{root}/{split}/{folder}``, refused when its name or a link would lead out of the dataset."""
+        if split not in SPLITS:
+            raise ImgclfError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        folder_dir = self.root / split / check_class_name(folder, f"the scrape of {self.root}")
+        if not inside(folder_dir, self.root):
+            raise ImgclfError(
+                f"{folder_dir} is a link that leads out of the dataset; the scraper writes only inside "
+                f"{self.root}: replace the link with a folder"
+            )
+        return folder_dir
 
     def _remember_row(self, row: dict[str, Any]) -> None:
         path = row["path"]
@@ -147,7 +170,7 @@ class DatasetStore:
 
     def remove_stale_temp_files(self, split: str, folder: str) -> None:
         """Delete temporary files a killed run left behind (only names atomic writes use)."""
-        folder_dir = self.root / split / folder
+        folder_dir = self._folder(split, folder)
         pattern = re.compile(r"\." + re.escape(folder) + r"_\d+\.jpg\..+\.tmp")
         stale = [p for p in folder_dir.glob(".*.tmp") if pattern.fullmatch(p.name)]
         stale += [p for p in self.root.glob(f".{MANIFEST_NAME}.*.tmp")]
@@ -157,7 +180,7 @@ class DatasetStore:
 
     def clear(self, split: str, folder: str) -> int:
         """overwrite=true: delete a class folder's images and their manifest rows."""
-        folder_dir = self.root / split / folder
+        folder_dir = self._folder(split, folder)
         removed = 0
         if folder_dir.is_dir():
             for path in sorted(folder_dir.iterdir()):
@@ -185,12 +208,22 @@ class DatasetStore:
         return None
 
     def save(self, split: str, folder: str, image: PreparedImage, origin: Origin) -> Path:
-        """Write the image as ``{split}/{folder}/{folder}_{n}.jpg``, then its manifest row."""
+        """Write the image as ``{split}/{folder}/{folder}_{n}.jpg``, then its manifest row.
+
+        The name is taken only if free at the moment of writing: a file that appeared meanwhile
+        (a user's, or another process's) is never replaced, and the next number is tried.
+        """
         key = (split, folder)
+        folder_dir = self._folder(split, folder)
         number = self._next_number.get(key, 1)
-        rel = f"{split}/{folder}/{folder}_{number}.jpg"
-        path = self.root / rel
-        atomic_write_bytes(path, image.jpeg)
+        while True:
+            path = folder_dir / f"{folder}_{number}.jpg"
+            try:
+                create_new_bytes(path, image.jpeg)
+                break
+            except FileExistsError:
+                number += 1
+        rel = path.relative_to(self.root).as_posix()
         row = {
             "path": rel,
             "split": split,

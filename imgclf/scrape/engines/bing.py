@@ -88,7 +88,7 @@ def tile_hits(
 def _json_or_none(text: str | None) -> Any:
     try:
         return json.loads(text)
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, json.JSONDecodeError, RecursionError):
         return None
 
 

@@ -13,7 +13,8 @@ page layout to the next:
   in the older ``<hex length>;<chunk>`` framing, whose chunks may be JSON or HTML again.
 
 :func:`json_values` yields every JSON value found in any of them, recursing into chunks and string
-literals; :func:`real_url` undoes however many layers of escaping a URL went through.
+literals (data nested past Python's recursion limit, as a hostile page can send, counts as not
+JSON); :func:`real_url` undoes however many layers of escaping a URL went through.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def json_values(text: str, depth: int = 0) -> Iterator[Any]:
         try:
             yield json.loads(body)
             return
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass  # not one JSON document; look for values inside it
     yield from _embedded_values(text, depth)
 
@@ -85,7 +86,7 @@ def _framed_values(body: str, depth: int) -> Iterator[Any]:
             return
         try:
             value, pos = _DECODER.raw_decode(body, pos)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             yield from _embedded_values(body[pos:], depth + 1)
             return
         yield value
@@ -131,7 +132,7 @@ def _embedded_values(text: str, depth: int) -> Iterator[Any]:
             continue
         try:
             value, covered = _DECODER.raw_decode(text, start)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         yield value
 

@@ -53,7 +53,7 @@ def parse_results(text: str, ignore: tuple[str, ...], seen: dict[str, str | None
     mapped to why it was skipped or None."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return [], None
     if not isinstance(data, dict):
         return [], None
@@ -66,7 +66,7 @@ def suggestions(text: str, query: str) -> list[str]:
     """Phrases from the autocomplete answer: ``[{"phrase": ...}, ...]`` or ``[query, [...]]``."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return []
     phrases: list[Any] = []
     if isinstance(data, list) and len(data) == 2 and isinstance(data[1], list):
