@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import tempfile
 
 import hydra
 from omegaconf import DictConfig
@@ -21,9 +22,13 @@ def main(cfg: DictConfig) -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     level = getattr(logging, str(cfg.log_level).upper(), logging.DEBUG)  # uvicorn's "trace" too
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    from imgclf.serving import serve
+    # Before prometheus-client is first imported: the HTTP processes LitServe forks then keep their
+    # counts in this folder, for /metrics to sum whichever process answers the scrape.
+    with tempfile.TemporaryDirectory(prefix="imgclf-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        from imgclf.serving import serve
 
-    status = run(serve, cfg)
+        status = run(serve, cfg)
     if status:
         sys.exit(status)
 

@@ -7,7 +7,9 @@ shared memory:
 - the *phase*, written by the main process only: serving, draining (after SIGTERM or SIGINT),
   stopping (the drain ran out of time) or failed (an inference worker died);
 - how many inference workers have loaded the model (each adds one when it is done);
-- how many ``/classify`` requests the HTTP processes have admitted and not yet answered.
+- how many ``/classify`` requests are still uploading their body, and how many the HTTP processes
+  have admitted to the model and not yet answered: counted apart, so that slow uploads never hold
+  the slots of requests ready for the model.
 
 :class:`Admission`, the outermost middleware of ours, answers from that state in the HTTP
 processes; :class:`Supervisor` changes it in the main process, on a signal or a worker's death.
@@ -29,7 +31,7 @@ import time
 from typing import Any, Callable
 
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +53,25 @@ def unavailable(error: str, retry_after: int, close: bool = False) -> JSONRespon
     return JSONResponse({"success": False, "error": error}, status_code=503, headers=headers)
 
 
-class ServingState:
-    """The phase, the loaded workers and the requests in flight, shared by every process."""
+def timed_out(timeout: float) -> JSONResponse:
+    return JSONResponse(
+        {"success": False, "error": f"the request body did not arrive within {timeout:g} s; send it again"},
+        status_code=408,
+        headers={"Connection": "close"},
+    )
 
-    def __init__(self, workers: int, max_in_flight: int) -> None:
+
+class ServingState:
+    """The phase, the loaded workers, the uploads and the requests in flight, shared by every process."""
+
+    def __init__(self, workers: int, max_in_flight: int, max_uploads: int = 1) -> None:
         spawn = mp.get_context("spawn")  # the inference workers are spawned; the rest is forked
         self.workers = workers
         self.max_in_flight = max_in_flight
+        self.max_uploads = max_uploads
         self.phase = spawn.RawValue("i", SERVING)
         self.loaded = spawn.Value("i", 0)
+        self.uploading = spawn.Value("i", 0)
         self.in_flight = spawn.Value("i", 0)
 
     @property
@@ -70,17 +82,53 @@ class ServingState:
         with self.loaded.get_lock():
             self.loaded.value += 1
 
-    def enter(self) -> bool:
-        """Admit one more request unless ``max_in_flight`` are already waiting or running."""
-        with self.in_flight.get_lock():
-            if self.in_flight.value >= self.max_in_flight:
+    @property
+    def pending(self) -> int:
+        """Requests the server has taken and not yet answered, uploading or in flight."""
+        return self.uploading.value + self.in_flight.value
+
+    @staticmethod
+    def _take(counter: Any, limit: int) -> bool:
+        with counter.get_lock():
+            if counter.value >= limit:
                 return False
-            self.in_flight.value += 1
+            counter.value += 1
             return True
 
+    @staticmethod
+    def _give_back(counter: Any) -> None:
+        with counter.get_lock():
+            counter.value -= 1
+
+    def start_upload(self) -> bool:
+        """Take one more upload unless ``max_uploads`` bodies are already arriving."""
+        return self._take(self.uploading, self.max_uploads)
+
+    def end_upload(self) -> None:
+        self._give_back(self.uploading)
+
+    def enter(self) -> bool:
+        """Admit one more request unless ``max_in_flight`` are already waiting or running."""
+        return self._take(self.in_flight, self.max_in_flight)
+
     def leave(self) -> None:
-        with self.in_flight.get_lock():
-            self.in_flight.value -= 1
+        self._give_back(self.in_flight)
+
+
+class BodyTimeout(Exception):
+    """The client did not send its whole body in time."""
+
+
+class BodyTooLarge(Exception):
+    """The body grew past the payload limit."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was complete."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
 
 
 class Admission:
@@ -88,18 +136,34 @@ class Admission:
 
     ``GET /health`` is 200 ``ok`` only while every worker has its model loaded and none has died;
     otherwise 503. ``POST /classify`` gets a 503 at once while the model loads, during a drain,
-    after a worker died, and when ``max_in_flight`` requests are already in the server; a request
-    still waiting when a worker dies, or when the drain runs out of time, gets a 503 rather than
-    waiting for ever. Every 503 is JSON with a ``Retry-After``. ``GET /`` is the page to try the
-    model (``page``).
+    after a worker died, and when ``max_uploads`` bodies are already arriving. Its body is then
+    read here, whole, within ``body_timeout`` seconds (or a 408, and the connection closed) and
+    up to ``max_bytes`` (or a 413); only then does it take one of the ``max_in_flight`` slots
+    for the model (or a 503), so that a client that stalls its upload holds an upload slot for
+    ``body_timeout`` at most and never a slot of the model. A request still waiting when a worker
+    dies, or when the drain runs out of time, gets a 503 rather than waiting for ever. Every 503
+    is JSON with a ``Retry-After``. ``GET /`` is the page to try the model (``page``).
     """
 
-    def __init__(self, app: ASGIApp, state: ServingState, api_path: str, health_path: str, page: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: ServingState,
+        api_path: str,
+        health_path: str,
+        page: str,
+        body_timeout: float,
+        max_bytes: int,
+        too_large: JSONResponse,
+    ) -> None:
         self.app = app
         self.state = state
         self.api_path = api_path
         self.health_path = health_path
         self.page = page
+        self.body_timeout = body_timeout
+        self.max_bytes = max_bytes
+        self.too_large = too_large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,17 +200,79 @@ class Admission:
 
     async def classify(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = self.refusal()
-        if refusal is None and not self.state.enter():
+        if refusal is None and not self.state.start_upload():
             refusal = unavailable(
-                f"the server is busy ({self.state.max_in_flight} requests in it); retry shortly", 1
+                f"the server is busy ({self.state.max_uploads} uploads arriving); retry shortly", 1
             )
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         try:
-            await self.answer_unless_abandoned(scope, receive, send)
+            body = await self.upload(scope, receive, send)
+            # Taken before the upload slot is given back, so that a drain never sees neither.
+            admitted = body is not None and self.state.enter()
+        finally:
+            self.state.end_upload()
+        if body is None:
+            return
+        if not admitted:
+            busy = f"the server is busy ({self.state.max_in_flight} requests in it); retry shortly"
+            await unavailable(busy, 1)(scope, receive, send)
+            return
+        try:
+            await self.answer_unless_abandoned(scope, replay(body, receive), send)
         finally:
             self.state.leave()
+
+    async def upload(self, scope: Scope, receive: Receive, send: Send) -> list[bytes] | None:
+        """The request's body, or None once the client has had its answer (408, 413, 503) or left."""
+        try:
+            body = await self.read_body(receive)
+        except BodyTimeout:
+            abandoned = self.state.phase.value in (STOPPING, FAILED)
+            await (self.refusal() if abandoned else timed_out(self.body_timeout))(scope, receive, send)
+            return None
+        except BodyTooLarge:
+            await self.too_large(scope, receive, send)
+            return None
+        except ClientGone as gone:
+            # Routine on a public server (a closed tab, a lost network): one line, no traceback.
+            client = "%s:%d" % tuple(scope["client"]) if scope.get("client") else "a client"
+            log.info("%s disconnected after sending %d bytes of its upload", client, gone.received)
+            return None
+        if self.state.phase.value in (STOPPING, FAILED):
+            await self.refusal()(scope, receive, send)
+            return None
+        return body
+
+    async def read_body(self, receive: Receive) -> list[bytes]:
+        """The whole body, in the chunks it came in; it must be complete within ``body_timeout``.
+
+        The wait also ends, with :class:`BodyTimeout`, when the server gives up (stopping, failed).
+        """
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.body_timeout
+        while True:
+            message = asyncio.ensure_future(receive())
+            try:
+                while not message.done():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.state.phase.value in (STOPPING, FAILED):
+                        raise BodyTimeout
+                    await asyncio.wait([message], timeout=min(left, WATCH_PERIOD))
+            finally:
+                message.cancel()
+            received = message.result()
+            if received["type"] == "http.disconnect":
+                raise ClientGone(size)
+            chunk = received.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not received.get("more_body", False):
+                return chunks
 
     async def answer_unless_abandoned(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request; if the server gives up on it first (stopping, failed), answer 503.
@@ -177,6 +303,21 @@ class Admission:
         handler.result()
 
 
+def replay(chunks: list[bytes], receive: Receive) -> Receive:
+    """A ``receive`` that hands out a body already read, then waits on the client as before."""
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+
+    async def replayed() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return replayed
+
+
 def describe_exit(process: mp.process.BaseProcess) -> str:
     code = process.exitcode
     if code is not None and code < 0:
@@ -191,9 +332,9 @@ class Supervisor:
 
     LitServe's ``run`` blocks the main thread until a KeyboardInterrupt, and LitServe itself does
     nothing on SIGTERM, so the process managers' stop signal left its children running. Here both
-    signals drain: new requests get 503, those in flight finish (up to ``shutdown_timeout``
-    seconds, after which they get a 503), then the KeyboardInterrupt starts LitServe's own
-    shutdown. A second signal stops the wait.
+    signals drain: new requests get 503, those in flight or still uploading finish (up to
+    ``shutdown_timeout`` seconds, after which they get a 503), then the KeyboardInterrupt starts
+    LitServe's own shutdown. A second signal stops the wait.
 
     A worker that dies (out of memory, a crash in a native library) takes the requests it held
     with it and leaves nothing to answer the rest, so the server stops, with one log line naming
@@ -232,24 +373,24 @@ class Supervisor:
     def drain(self, reason: str) -> None:
         self.state.phase.value = DRAINING
         deadline = time.monotonic() + self.shutdown_timeout
-        waiting = self.state.in_flight.value
         log.info(
-            "%s: refusing new requests, finishing %d in flight (up to %gs)",
+            "%s: refusing new requests, finishing %d in flight and %d uploading (up to %gs)",
             reason,
-            waiting,
+            self.state.in_flight.value,
+            self.state.uploading.value,
             self.shutdown_timeout,
         )
-        while self.state.in_flight.value > 0 and time.monotonic() < deadline and not self.hurry:
+        while self.state.pending > 0 and time.monotonic() < deadline and not self.hurry:
             time.sleep(0.05)
-        if self.state.in_flight.value > 0:
-            log.warning("stopping with %d requests unanswered; they get 503", self.state.in_flight.value)
+        if self.state.pending > 0:
+            log.warning("stopping with %d requests unanswered; they get 503", self.state.pending)
             self.abandon(STOPPING)
 
     def abandon(self, phase: int) -> None:
         """Have the HTTP processes answer 503 to every request still waiting, and wait for that."""
         self.state.phase.value = phase
         deadline = time.monotonic() + ABANDON_WAIT
-        while self.state.in_flight.value > 0 and time.monotonic() < deadline:
+        while self.state.pending > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def watch(self, workers: Callable[[], list[mp.process.BaseProcess]], expected: int) -> None:

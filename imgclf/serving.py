@@ -2,11 +2,13 @@
 
 How a request travels, and why nothing a client sends can fail someone else's request:
 
-1. In the HTTP process, :class:`imgclf.lifecycle.Admission` answers 503 while the server cannot
-   take the request (loading, draining, overloaded); :class:`RequestGuard` answers requests that
-   are not a multipart form or that announce a body over the payload limit; LitServe's own size
-   check stops bodies that lie about their length; ``ClassifierAPI.authorize`` parses the form,
-   so that a malformed multipart body gets a 400 there.
+1. In the HTTP process, uvicorn (with :class:`BoundedHttpProtocol`) bounds the connections, the
+   time and size of request headers and the idle time between requests; :class:`RequestGuard`
+   answers requests that are not a multipart form or that announce a body over the payload limit;
+   :class:`imgclf.lifecycle.Admission` answers 503 while the server cannot take the request
+   (loading, draining, overloaded), reads the body within ``body_timeout_s`` (else 408) and up to
+   the payload limit (else 413), and only then admits it to the model; ``ClassifierAPI.authorize``
+   parses the form, so that a malformed multipart body gets a 400 there.
 2. In the inference worker, LitServe's own batching loop gathers requests into a batch, and
    ``decode_request`` decodes and preprocesses each one on its own, before the batch is stacked
    for the model, and never raises: a missing field or an undecodable image becomes a
@@ -15,13 +17,18 @@ How a request travels, and why nothing a client sends can fail someone else's re
    slot into its own answer, ``200`` with ranked predictions or ``4xx`` with the error.
 
 Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``, and
-carries the CORS headers (``cors_origins``) as every answer does.
+carries the CORS headers (``cors_origins``) as every answer does (uvicorn's own refusals, past
+``limit_concurrency`` or for malformed or oversized headers, are plain text). With an API key set
+(``LIT_SERVER_API_KEY``), ``/classify``, ``/info`` and ``/metrics`` need it; ``/health`` and the
+page at ``/`` do not.
 The server loads only the model file it was started with and never fetches anything a client
 names: the image bytes must be in the request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import multiprocessing as mp
 import os
@@ -35,7 +42,7 @@ from typing import Any
 
 import litserve as ls
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from litserve.loops import BatchedLoop
@@ -43,12 +50,14 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
 from imgclf.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor, end_children
 from imgclf.runtimes import choose_model, load_predictor
+from imgclf.server_metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ NO_LITSERVE_MONITOR = 10**9
 HOSTS = ("0.0.0.0", "127.0.0.1", "::")
 ACCELERATORS = ("cpu", "cuda", "auto")
 USAGE = "send the image as a multipart form file field: curl -F img=@photo.jpg"
+NO_API_KEY = "invalid or missing X-API-Key header"
 
 
 class RequestError(ImgclfError):
@@ -95,6 +105,22 @@ class Answer:
 
 def error_response(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "error": error}, status_code=status, headers=headers)
+
+
+def has_api_key(headers: Headers) -> bool:
+    """Whether the request carries the API key (``LIT_SERVER_API_KEY``), or none is set."""
+    api_key = os.environ.get("LIT_SERVER_API_KEY")
+    return not api_key or hmac.compare_digest(headers.get("x-api-key", "").encode(), api_key.encode())
+
+
+def api_key_refusal(headers: Headers) -> JSONResponse | None:
+    return None if has_api_key(headers) else error_response(401, NO_API_KEY)
+
+
+def require_api_key(request: Request) -> None:
+    """A FastAPI dependency: 401 without the API key."""
+    if not has_api_key(request.headers):
+        raise HTTPException(401, NO_API_KEY)
 
 
 def parse_top_k(value: Any) -> int | None:
@@ -195,9 +221,7 @@ class ClassifierAPI(ls.LitAPI):
         as a 400; inside LitServe's handler it would become a 500. Taking this hook switches off
         LitServe's ``LIT_SERVER_API_KEY`` check, so it is repeated here.
         """
-        api_key = os.environ.get("LIT_SERVER_API_KEY")
-        if api_key and request.headers.get("X-API-Key") != api_key:
-            raise HTTPException(401, "invalid or missing X-API-Key header")
+        require_api_key(request)
         await request.form()
 
     # No annotations on decode_request's argument or encode_response's result: LitServe reads
@@ -270,16 +294,14 @@ def too_large(max_bytes: int) -> str:
     return f"the request is over the limit of {max_bytes:,} bytes; send a smaller image"
 
 
-def install_error_handlers(app: FastAPI, max_bytes: int) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Every error the app answers is JSON ``{"success": false, "error": ...}``, never HTML.
 
-    413 comes from LitServe's size check on bodies without a Content-Length; FastAPI's request
-    validation (a 422) would mean a malformed request, hence 400.
+    FastAPI's request validation (a 422) would mean a malformed request, hence 400.
     """
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        detail = too_large(max_bytes) if exc.status_code == 413 else str(exc.detail)
-        return error_response(exc.status_code, detail, exc.headers)
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, f"invalid request: {exc.errors()}")
@@ -300,9 +322,10 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
         "image_size": record["architecture"]["image_size"],
         "classes": list(record["classes"]),
         "hparams": record.get("hparams", {}),
-        "model_path": os.path.abspath(cfg.ckpt_path),
+        # File names only: where the server keeps its files is nobody's business over HTTP.
+        "model_path": os.path.basename(cfg.ckpt_path),
         "runtime": choice.runtime,
-        "model_file": os.path.abspath(choice.path),
+        "model_file": os.path.basename(choice.path),
         "preprocessing": record["preprocessing"],
         "server": {
             "accelerator": cfg.accelerator,
@@ -311,6 +334,8 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
             "batch_timeout": api.batch_timeout,
             "max_payload_mb": cfg.max_payload_mb,
             "max_queue": cfg.max_queue,
+            "max_uploads": cfg.max_uploads,
+            "body_timeout_s": cfg.body_timeout_s,
             "shutdown_timeout": cfg.shutdown_timeout,
         },
     }
@@ -319,10 +344,16 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
 def add_info_endpoint(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
     async def model_info_endpoint() -> dict[str, Any]:
         precision = api.resolved_precision.value.decode() or "loading"
-        live = {"ready": api.state.ready, "requests_in_flight": api.state.in_flight.value}
+        live = {
+            "ready": api.state.ready,
+            "requests_in_flight": api.state.in_flight.value,
+            "uploads_in_progress": api.state.uploading.value,
+        }
         return {**info, "precision": precision, "server": {**info["server"], **live}, "success": True}
 
-    app.add_api_route(INFO_PATH, model_info_endpoint, methods=["GET"])
+    app.add_api_route(
+        INFO_PATH, model_info_endpoint, methods=["GET"], dependencies=[Depends(require_api_key)]
+    )
 
 
 class JSONCORSMiddleware(CORSMiddleware):
@@ -373,9 +404,20 @@ def check_settings(cfg: Any) -> None:
         raise ImgclfError(f"accelerator={cfg.accelerator}: use one of {', '.join(ACCELERATORS)}")
     if cfg.accelerator == "cuda" and not torch.cuda.is_available():
         raise ImgclfError("accelerator=cuda, but PyTorch sees no CUDA device; use accelerator=cpu")
-    for key, low in (("max_batch_size", 1), ("workers_per_device", 1), ("max_queue", 0)):
+    whole = (
+        ("max_batch_size", 1),
+        ("workers_per_device", 1),
+        ("max_queue", 0),
+        ("max_uploads", 1),
+        ("limit_concurrency", 2),
+        ("max_header_kb", 1),
+    )
+    for key, low in whole:
         if int(cfg[key]) < low:
             raise ImgclfError(f"{key}={cfg[key]}: use a whole number of at least {low}")
+    for key in ("body_timeout_s", "header_timeout_s", "keep_alive_timeout_s"):
+        if float(cfg[key]) <= 0:
+            raise ImgclfError(f"{key}={cfg[key]}: use a positive number of seconds, e.g. 10")
     if float(cfg.batch_timeout) < 0:
         raise ImgclfError(f"batch_timeout={cfg.batch_timeout}: use a number of seconds, e.g. 0.05")
     if float(cfg.shutdown_timeout) < 0:
@@ -392,7 +434,8 @@ def build_server(cfg: Any) -> ls.LitServer:
     Its :class:`~imgclf.lifecycle.ServingState` is ``server.lit_api.state``.
     """
     check_settings(cfg)
-    state = ServingState(workers=1, max_in_flight=1)  # sized below, once LitServe knows its devices
+    # max_in_flight is sized below, once LitServe knows its devices.
+    state = ServingState(workers=1, max_in_flight=1, max_uploads=int(cfg.max_uploads))
     api = ClassifierAPI(
         cfg.ckpt_path,
         state,
@@ -406,25 +449,38 @@ def build_server(cfg: Any) -> ls.LitServer:
     )
     info = model_info(cfg, api)
     max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
-    # Starlette runs the last of these first: CORS, then admission, then the request checks.
-    middlewares = [
+    admission = {
+        "state": state,
+        "api_path": API_PATH,
+        "health_path": HEALTH_PATH,
+        "page": page_html(),
+        "body_timeout": float(cfg.body_timeout_s),
+        # Admission reads the body, so it enforces the limit (LitServe's max_payload_size would
+        # raise from inside that read, past FastAPI's error handlers).
+        "max_bytes": max_bytes,
+        "too_large": error_response(413, too_large(max_bytes)),
+    }
+    # Starlette runs the last of these first: the metrics, CORS, the request checks, admission.
+    middlewares: list[tuple[type, dict[str, Any]]] = [
+        (Admission, admission),
         (RequestGuard, {"path": API_PATH, "max_bytes": max_bytes}),
-        (
-            Admission,
-            {"state": state, "api_path": API_PATH, "health_path": HEALTH_PATH, "page": page_html()},
-        ),
     ]
     cors = cors_middleware(list(cfg.cors_origins))
     if cors:
         middlewares.append(cors)
+    paths = ("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH)
+    middlewares.append(
+        (Metrics, {"state": state, "api_path": API_PATH, "paths": paths, "refuse": api_key_refusal})
+    )
     server = ls.LitServer(
         api,
         accelerator=cfg.accelerator,
         workers_per_device=cfg.workers_per_device,
         timeout=cfg.timeout,
-        max_payload_size=max_bytes,
         healthcheck_path=HEALTH_PATH,
         info_path=LITSERVE_INFO_PATH,
+        # /docs, /redoc and /openapi.json: FastAPI serves the pages only with the schema
+        disable_openapi_url=not cfg.api_docs,
         fast_queue=cfg.fast_queue,
         middlewares=middlewares,
     )
@@ -433,9 +489,82 @@ def build_server(cfg: Any) -> ls.LitServer:
     server.uvicorn_graceful_timeout = float(cfg.shutdown_timeout) + 5
     state.workers = len(server.devices) * int(cfg.workers_per_device)
     state.max_in_flight = int(cfg.max_queue) + state.workers * int(cfg.max_batch_size)
-    install_error_handlers(server.app, max_bytes)
+    install_error_handlers(server.app)
     add_info_endpoint(server.app, info, api)
     return server
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), with a deadline and a size bound on request headers.
+
+    uvicorn bounds the idle time after an answer (``timeout_keep_alive``) but neither the wait for
+    a request's headers nor their size: a client that connects and says nothing, or sends its
+    headers a byte at a time, would hold its connection, and a place under ``limit_concurrency``,
+    for ever. Here the headers must be complete within ``header_timeout`` seconds of the
+    connection or of the previous answer, or the connection is closed; headers over
+    ``max_header_bytes`` get uvicorn's own 400. The body has its own deadline (``Admission``).
+    Configured through :func:`bounded_protocol`.
+    """
+
+    header_timeout = 10.0
+    max_header_bytes = 64 * 1024
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.header_deadline: asyncio.TimerHandle | None = None
+        self.arm()
+
+    def arm(self) -> None:
+        self.header_bytes = 0
+        self.header_deadline = self.loop.call_later(self.header_timeout, self.headers_too_slow)
+
+    def disarm(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def headers_too_slow(self) -> None:
+        self.header_deadline = None
+        # Only between requests: a request whose headers are in is the app's (and Admission's).
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+    def count(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.max_header_bytes:
+            # Raised in a parser callback, it reaches uvicorn as a parser error: a 400, closed.
+            raise ValueError("request headers too large")
+
+    def on_url(self, url: bytes) -> None:
+        self.count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.disarm()
+            self.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+
+def bounded_protocol(cfg: Any) -> type[BoundedHttpProtocol]:
+    """:class:`BoundedHttpProtocol` with the configured bounds, for uvicorn's ``http`` option."""
+    bounds = {
+        "header_timeout": float(cfg.header_timeout_s),
+        "max_header_bytes": int(cfg.max_header_kb) * 1024,
+    }
+    return type("ConfiguredHttpProtocol", (BoundedHttpProtocol,), bounds)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -470,6 +599,11 @@ def serve(cfg: Any) -> int:
             log_level=cfg.log_level,
             generate_client_file=False,
             access_log=cfg.access_log,
+            # uvicorn's options, passed through by LitServe: past limit_concurrency connections (per
+            # HTTP process) a new request gets uvicorn's plain 503
+            http=bounded_protocol(cfg),
+            limit_concurrency=int(cfg.limit_concurrency),
+            timeout_keep_alive=float(cfg.keep_alive_timeout_s),
         )
     except KeyboardInterrupt:
         pass  # a stop before LitServe's run() reached the point where it catches it itself

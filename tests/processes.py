@@ -229,8 +229,9 @@ def _zombie(pid: int) -> bool:
 
 
 class HeldUpload:
-    """A ``POST /classify`` whose body stops halfway until :meth:`finish`: a request in flight for
-    as long as a test needs one, without a slow model.
+    """A ``POST /classify`` whose body stops halfway until :meth:`finish`: a request the server
+    counts as uploading for as long as a test needs one (within the server's ``body_timeout_s``),
+    without a slow model.
     """
 
     BOUNDARY = "heldupload"

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose, launch_chromium, run_script
 from PIL import Image
-from processes import HeldUpload, free_port, start_serve, stop
+from processes import free_port, living_group_members, start_serve, stop
 
 from imgclf.hardware import resolve_precision
 
@@ -128,7 +129,9 @@ def test_health_and_info(client, model_path):
     assert info["success"] is True
     assert info["backbone"] == "inception_v3"
     assert info["classes"] == ["0", "1", "7"]
-    assert info["model_path"] == str(model_path.resolve())
+    # file names only: the server's folders are not for its clients to know
+    assert info["model_path"] == info["model_file"] == model_path.name
+    assert str(model_path.parent) not in json.dumps(info)
     assert info["hparams"]["image_size"] == 75
     # auto: bf16 only where this CPU infers faster in it (AMX), and fp32 if bf16 changed an answer
     assert info["precision"] in {resolve_precision("auto", "cpu", "inference"), "32-true"}
@@ -297,21 +300,41 @@ def test_other_routes_answer_json(client):
     assert_error(client.get("/no/such/page"), 404)
 
 
+def inference_worker(process: subprocess.Popen) -> int:
+    """The pid of the server's one inference worker (spawned; the HTTP processes are forked)."""
+    workers = [member for member in living_group_members(process.pid) if "spawn_main" in member]
+    assert len(workers) == 1, workers
+    return int(workers[0].split()[0])
+
+
 def test_overload_gets_503_at_once(server, client, digits):
     """Past max_queue waiting requests (beyond a batch for the worker), 503 at once, then served."""
     limit = MAX_QUEUE + MAX_BATCH
-    held = [HeldUpload(server["url"], encode(digits["7"])) for _ in range(limit)]
-    deadline = time.monotonic() + 120
-    while client.get("/info").json()["server"]["requests_in_flight"] < limit:
-        assert time.monotonic() < deadline, "the held uploads never all reached the server"
-        time.sleep(0.05)
-    for _ in range(3):
-        response = classify(client, encode(digits["1"]))
-        assert "busy" in assert_error(response, 503)
-        assert int(response.headers["retry-after"]) > 0
-    assert client.get("/health").status_code == 200  # busy, not unready
-    for upload in held:
-        assert probabilities(upload.finish())
+    worker = inference_worker(server["process"])
+    answers: list[httpx.Response] = []
+    posts = [
+        threading.Thread(target=lambda: answers.append(classify(client, encode(digits["7"]))))
+        for _ in range(limit)
+    ]
+    # Stopped, the inference worker keeps every admitted request waiting for certain.
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        for post in posts:
+            post.start()
+        deadline = time.monotonic() + 120
+        while client.get("/info").json()["server"]["requests_in_flight"] < limit:
+            assert time.monotonic() < deadline, "the requests never all reached the server"
+            time.sleep(0.05)
+        for _ in range(3):
+            response = classify(client, encode(digits["1"]))
+            assert "busy" in assert_error(response, 503)
+            assert int(response.headers["retry-after"]) > 0
+        assert client.get("/health").status_code == 200  # busy, not unready
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    for post in posts:
+        post.join()
+    assert len(answers) == limit and all(probabilities(answer) for answer in answers)
     assert probabilities(classify(client, encode(digits["1"])))
 
 
@@ -477,6 +500,9 @@ def test_config_defaults(tmp_path):
     assert cfg.ckpt_path == "data/trained_model/model.ckpt"
     assert (cfg.port, cfg.max_payload_mb, cfg.precision) == (5000, 20, "auto")
     assert (cfg.max_queue, cfg.shutdown_timeout, list(cfg.cors_origins)) == (64, 30, ["*"])
+    limits = (cfg.max_uploads, cfg.body_timeout_s, cfg.header_timeout_s, cfg.limit_concurrency)
+    assert limits == (32, 30, 10, 256)
+    assert cfg.api_docs is False and cfg.max_image_pixels < 64_000_000  # below the scraper's
 
 
 def test_missing_model_fails_before_serving(tmp_path):
@@ -523,6 +549,12 @@ def test_missing_model_is_one_line_on_stderr(tmp_path):
         "max_queue=-1",
         "shutdown_timeout=-5",
         "cors_origins=*",
+        "max_uploads=0",
+        "body_timeout_s=0",
+        "header_timeout_s=-1",
+        "keep_alive_timeout_s=0",
+        "limit_concurrency=1",
+        "max_header_kb=0",
     ],
 )
 def test_bad_settings_are_user_errors(tmp_path, override):

@@ -1,9 +1,9 @@
 """``python serve.py`` as a process manager runs it: real processes, real signals, real HTTP.
 
 Each test starts its own server in its own process group and ends it: by SIGTERM to the main
-process with requests in flight, or by killing its inference worker. Requests are held in flight
-by uploads that stop halfway (:class:`processes.HeldUpload`), so nothing depends on how fast the
-machine is; time limits are generous bounds that only catch hangs.
+process with requests still uploading, or by killing its inference worker. Requests are held by
+uploads that stop halfway (:class:`processes.HeldUpload`), or in the queue by a stopped worker, so
+nothing depends on how fast the machine is; time limits are generous bounds that only catch hangs.
 """
 
 from __future__ import annotations
@@ -78,13 +78,14 @@ class Server:
             time.sleep(0.02)
         pytest.fail(f"serve.py never became ready:\n{self.log[-3000:]}")
 
-    def in_flight(self) -> int:
-        return httpx.get(f"{self.url}/info", timeout=10).json()["server"]["requests_in_flight"]
+    def count(self, what: str) -> int:
+        return httpx.get(f"{self.url}/info", timeout=10).json()["server"][what]
 
-    def wait_in_flight(self, count: int) -> None:
+    def wait_for(self, what: str, count: int) -> None:
+        """Until /info says ``count`` requests are ``what`` (uploading or in flight)."""
         deadline = time.monotonic() + HANG
-        while self.in_flight() != count:
-            assert time.monotonic() < deadline, f"never {count} requests in flight"
+        while self.count(what) != count:
+            assert time.monotonic() < deadline, f"never {count} {what}"
             time.sleep(0.05)
 
     def kill(self) -> None:
@@ -108,7 +109,7 @@ def assert_ended_cleanly(server: Server) -> None:
     assert "Traceback" not in server.log, server.log[-3000:]
 
 
-def test_sigterm_answers_requests_in_flight_then_stops_everything(model_path, tmp_path):
+def test_sigterm_answers_requests_uploading_then_stops_everything(model_path, tmp_path):
     server = Server(model_path, tmp_path / "server.log", "shutdown_timeout=120")
     try:
         # Start-up: the port answers before the model is loaded, with 503 until it is.
@@ -119,7 +120,7 @@ def test_sigterm_answers_requests_in_flight_then_stops_everything(model_path, tm
         assert answers[-1].text == "ok"
 
         held = [HeldUpload(server.url, png()) for _ in range(8)]
-        server.wait_in_flight(8)
+        server.wait_for("uploads_in_progress", 8)
         os.kill(server.process.pid, signal.SIGTERM)
 
         # Draining: not ready, and new requests are turned away while the eight are still held.
@@ -154,7 +155,7 @@ def test_killed_worker_stops_the_server_with_one_line_and_status_3(model_path, t
         os.kill(worker, signal.SIGSTOP)
         waiting = HeldUpload(server.url, png())
         waiting.release.set()
-        server.wait_in_flight(1)
+        server.wait_for("requests_in_flight", 1)
         os.kill(worker, signal.SIGKILL)
 
         assert_unavailable(waiting.finish(), "worker died")
