@@ -37,7 +37,7 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from imgclf.config import build
 from imgclf.errors import ImgclfError
 from imgclf.tune import BEST_HPARAMS, bare_key, override_value, write_best_hparams
 
@@ -303,21 +304,24 @@ class Heartbeat:
             self.thread.join()
 
 
+# The samplers a sweep config may name (not GridSampler: it needs the space up front).
+SAMPLERS: dict[str, type] = {
+    f"optuna.samplers.{name}": getattr(optuna.samplers, name)
+    for name in ("TPESampler", "GPSampler", "RandomSampler", "CmaEsSampler", "QMCSampler")
+}
+
+
 def make_sampler(config: DictConfig, offset: int) -> optuna.samplers.BaseSampler:
     """The configured sampler, its seed moved on by ``offset`` (the trials already in the study)."""
     settings = OmegaConf.to_container(config, resolve=True)
     if settings.get("seed") is not None:
         settings["seed"] = int(settings["seed"]) + offset
     try:
-        sampler = instantiate(settings, _execution_whitelist_=["optuna.samplers.*"])
-    except Exception as exc:  # Hydra wraps a bad target or argument in its own exception
+        return build(settings, SAMPLERS, "hydra.sweeper.sampler")
+    except ImgclfError:
+        raise
+    except Exception as exc:  # Hydra wraps a bad argument in its own exception
         raise ImgclfError(f"hydra.sweeper.sampler cannot be built: {exc}") from None
-    if not isinstance(sampler, optuna.samplers.BaseSampler):  # GridSampler needs the space up front
-        raise ImgclfError(
-            f"hydra.sweeper.sampler {settings.get('_target_')} is not supported; use "
-            "optuna.samplers.TPESampler, GPSampler, RandomSampler, CmaEsSampler or QMCSampler"
-        )
-    return sampler
 
 
 class ResumableOptunaSweeper(Sweeper):
