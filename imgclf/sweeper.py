@@ -202,7 +202,7 @@ def masked(url: str | None) -> str:
         return "memory"
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # not a URL SQLAlchemy reads: hide whatever sits where a password would
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide where a password would sit
         return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
