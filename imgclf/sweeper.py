@@ -379,6 +379,7 @@ class ResumableOptunaSweeper(Sweeper):
         self.max_retry = max_retry
         # the sweep's own search space: parameters and their distributions (run() fills it)
         self.space: dict[str, BaseDistribution] = {}
+        self.swept: list[str] = []  # the keys every trial of it holds (not custom_search_space's)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -434,6 +435,7 @@ class ResumableOptunaSweeper(Sweeper):
         extend = self.search_space_extender()
         # What the best trial may hold: a shared study's trials are data, written by anyone.
         self.space = dict(space.distributions)
+        self.swept = list(space.distributions)
         if extend is not None:
             self.learn(probe_trial(space, extend, self.config))
         make_sampler(self.sampler_config, offset=0)
@@ -584,7 +586,9 @@ class ResumableOptunaSweeper(Sweeper):
                 f"no trial of study {study.study_name!r} completed; see the trial logs in {self.sweep_dir}"
             )
         ranked = in_space(
-            sorted(complete, key=lambda t: t.value, reverse=direction == "maximize"), self.space
+            sorted(complete, key=lambda t: t.value, reverse=direction == "maximize"),
+            self.space,
+            required=self.swept,
         )
         if not ranked:
             raise ImgclfError(
@@ -632,12 +636,15 @@ def probe_trial(
     return trial
 
 
-def in_space(trials: list[FrozenTrial], space: dict[str, BaseDistribution]) -> list[FrozenTrial]:
-    """The trials whose parameters this sweep could have drawn, in order; the others (another
-    search space's, or crafted in a shared study) are left out with a warning."""
+def in_space(
+    trials: list[FrozenTrial], space: dict[str, BaseDistribution], required: list[str]
+) -> list[FrozenTrial]:
+    """The trials whose parameters this sweep could have drawn, ``required`` among them, in order;
+    the others (another search space's, or crafted in a shared study) are left out with a warning."""
     kept, left_out = [], []
     for trial in trials:
-        problem = outside_space(trial.params, space)
+        missing = [key for key in required if key not in trial.params]
+        problem = outside_space(trial.params, space) or (f"no {', '.join(missing)}" if missing else None)
         if problem is None:
             kept.append(trial)
         else:

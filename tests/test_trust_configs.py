@@ -3,6 +3,7 @@ the storage URL's password never reaches a log or a file."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import optuna
@@ -11,7 +12,7 @@ import pytorch_lightning.callbacks
 import yaml
 from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from postgres import postgres_bin, postgres_server
 
@@ -240,22 +241,39 @@ def test_a_crafted_trial_in_a_shared_study_never_becomes_best_hparams(tmp_path, 
             value=1.0,
         )
     )
+    in_space = {
+        "model.head.hidden_size": (4096, IntDistribution(1, 10000)),  # the sweep's is 6-16
+        "model.optimizer.lr": (1e-3, FloatDistribution(1e-6, 1e-2, log=True)),
+        "model.head.dropout": (0.1, FloatDistribution(0.0, 0.9)),
+        "model.head.num_layers": (1, IntDistribution(1, 3)),
+        "model.head.activation": ("relu", CategoricalDistribution(["relu", "tanh"])),
+        "model.class_weighting": (False, CategoricalDistribution([True, False])),
+    }
     shared.add_trial(
         create_trial(
-            params={"model.head.hidden_size": 4096},
-            distributions={"model.head.hidden_size": IntDistribution(1, 10000)},
+            params={key: value for key, (value, _) in in_space.items()},
+            distributions={key: distribution for key, (_, distribution) in in_space.items()},
             value=0.99,
         )
     )
-    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 3))
+    shared.add_trial(create_trial(params={}, distributions={}, value=0.98))  # would write nothing
+    # custom_search_space's define-by-run parameter belongs to the sweep's space too
+    custom = "hydra.sweeper.custom_search_space=search_spaces.batch_size"
+    tests = os.pathsep.join(p for p in (str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
+    result = run_script(
+        "train", *tiny_sweep(small_digits_root, model_dir, 4, custom), env={"PYTHONPATH": tests}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert "2 complete trials lie outside this sweep's search space" in output
-    (real,) = [t for t in shared.get_trials(states=(TrialState.COMPLETE,)) if t.number == 2]
+    assert "3 complete trials lie outside this sweep's search space" in output
+    assert "trial 0: +callbacks.x._target_ is not a parameter of the search space" in output
+    assert "trial 1: model.head.hidden_size=4096 is outside its search space" in output
+    assert "trial 2: no model.head.hidden_size" in output
+    (real,) = [t for t in shared.get_trials(states=(TrialState.COMPLETE,)) if t.number == 3]
     document = yaml.safe_load((model_dir / BEST_HPARAMS).read_text())
-    assert document["trial"] == 2 and document["params"] == real.params
+    assert document["trial"] == 3 and document["params"] == real.params
     assert "callbacks" not in (model_dir / BEST_HPARAMS).read_text()
-    assert set(document["space"]) == set(real.params)
+    assert set(document["space"]) == set(real.params) and "data.batch_size" in real.params
     read_best_hparams(model_dir / BEST_HPARAMS)  # what the sweeper writes, train.py reads
     results = yaml.safe_load(next((model_dir / "logs").rglob("optimization_results.yaml")).read_text())
     assert results["best_params"] == real.params
