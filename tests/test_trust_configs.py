@@ -321,3 +321,14 @@ def test_the_storage_password_reaches_no_log_or_file(tmp_path, small_digits_root
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) >= 5  # best_hparams.yaml, the logs, Hydra's records of the run
     assert [p for p in written if password.encode() in p.read_bytes()] == []
+
+
+def test_a_search_space_cannot_add_a_reserved_key(tmp_path, small_digits_root):
+    model_dir = tmp_path / "model"
+    marker = tmp_path / "pwned"
+    hostile = ["+callbacks.x._target_=choice(subprocess.getoutput)", f"+callbacks.x.cmd='touch {marker}'"]
+    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 1, *hostile))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "a search space may not add a reserved key" in result.stderr
+    assert not (model_dir / "optuna.db").exists() and not marker.exists()
