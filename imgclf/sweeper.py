@@ -11,7 +11,9 @@ does not replay the points it already tried. Trials that crash are recorded as f
 sweep goes on. Every running trial has a heartbeat in the storage; a trial whose process was
 killed, on any machine, stops beating, and the next sweep on that study fails it once its last
 heartbeat is ``grace_period`` seconds old and queues it again (``max_retry`` times). At the end
-the best trials are shown and the best parameters written to ``${paths.model_dir}/best_hparams.yaml``.
+the best trials are shown and the best parameters written to ``${paths.model_dir}/best_hparams.yaml``
+with the search space they were drawn from; a trial the sweep's own space could not have drawn
+(another space's, or one crafted in a shared study) is left out with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -37,7 +40,7 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -47,10 +50,19 @@ from optuna.trial import FrozenTrial, TrialState
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from imgclf.config import build
 from imgclf.errors import ImgclfError
-from imgclf.tune import BEST_HPARAMS, bare_key, override_value, write_best_hparams
+from imgclf.tune import (
+    BEST_HPARAMS,
+    bare_key,
+    outside_space,
+    override_value,
+    space_key_problem,
+    write_best_hparams,
+)
 
 log = logging.getLogger(__name__)
 OWNER = "imgclf_owner"
@@ -165,6 +177,8 @@ def parse_search_space(
             space.fixed[key] = override.get_value_element_as_str()
             continue
         space.fixed.pop(key, None)
+        if problem := space_key_problem(key):
+            raise ImgclfError(f"search space entry {line!r}: {problem}")
         try:
             # a key searched again keeps its place: the seeded sampler draws in this order
             space.distributions[key] = distribution(override)
@@ -180,6 +194,16 @@ def owner() -> str:
 
 def trial_counts(study: optuna.Study) -> Counter:
     return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def masked(url: str | None) -> str:
+    """A storage URL as logs and files may show it: without its password."""
+    if url is None:
+        return "memory"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide where a password would sit
+        return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
 def storage_url(url: str) -> str:
@@ -222,13 +246,13 @@ def open_study(
             return study, storage
         except ImportError as exc:  # no driver for the URL's database
             raise ImgclfError(
-                f"cannot open the study in {url}: {exc} (PostgreSQL: pip install -e '.[postgres]')"
+                f"cannot open the study in {masked(url)}: {exc} (PostgreSQL: pip install -e '.[postgres]')"
             ) from None
         except ArgumentError as exc:
-            raise ImgclfError(f"hydra.sweeper.storage {url!r} is not a database URL: {exc}") from None
+            raise ImgclfError(f"hydra.sweeper.storage {masked(url)!r} is not a database URL: {exc}") from None
         except SQLAlchemyError as exc:
             if attempt == attempts:
-                raise ImgclfError(f"cannot open the study in {url}: {exc}") from None
+                raise ImgclfError(f"cannot open the study in {masked(url)}: {exc}") from None
             log.info("Storage busy (%s); retrying", type(exc).__name__)
             time.sleep(0.5 + random.random())
             attempt += 1
@@ -303,21 +327,24 @@ class Heartbeat:
             self.thread.join()
 
 
+# The samplers a sweep config may name (not GridSampler: it needs the space up front).
+SAMPLERS: dict[str, type] = {
+    f"optuna.samplers.{name}": getattr(optuna.samplers, name)
+    for name in ("TPESampler", "GPSampler", "RandomSampler", "CmaEsSampler", "QMCSampler")
+}
+
+
 def make_sampler(config: DictConfig, offset: int) -> optuna.samplers.BaseSampler:
     """The configured sampler, its seed moved on by ``offset`` (the trials already in the study)."""
     settings = OmegaConf.to_container(config, resolve=True)
     if settings.get("seed") is not None:
         settings["seed"] = int(settings["seed"]) + offset
     try:
-        sampler = instantiate(settings, _execution_whitelist_=["optuna.samplers.*"])
-    except Exception as exc:  # Hydra wraps a bad target or argument in its own exception
+        return build(settings, SAMPLERS, "hydra.sweeper.sampler")
+    except ImgclfError:
+        raise
+    except Exception as exc:  # Hydra wraps a bad argument in its own exception
         raise ImgclfError(f"hydra.sweeper.sampler cannot be built: {exc}") from None
-    if not isinstance(sampler, optuna.samplers.BaseSampler):  # GridSampler needs the space up front
-        raise ImgclfError(
-            f"hydra.sweeper.sampler {settings.get('_target_')} is not supported; use "
-            "optuna.samplers.TPESampler, GPSampler, RandomSampler, CmaEsSampler or QMCSampler"
-        )
-    return sampler
 
 
 class ResumableOptunaSweeper(Sweeper):
@@ -350,6 +377,9 @@ class ResumableOptunaSweeper(Sweeper):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.max_retry = max_retry
+        # the sweep's own search space: parameters and their distributions (run() fills it)
+        self.space: dict[str, BaseDistribution] = {}
+        self.swept: list[str] = []  # the keys every trial of it holds (not custom_search_space's)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -403,6 +433,11 @@ class ResumableOptunaSweeper(Sweeper):
         lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
         space = parse_search_space(lines, self.config, self.hydra_context.config_loader.get_group_options)
         extend = self.search_space_extender()
+        # What the best trial may hold: a shared study's trials are data, written by anyone.
+        self.space = dict(space.distributions)
+        self.swept = list(space.distributions)
+        if extend is not None:
+            self.learn(probe_trial(space, extend, self.config))
         make_sampler(self.sampler_config, offset=0)
         study, storage = open_study(
             self.study_name,
@@ -418,7 +453,7 @@ class ResumableOptunaSweeper(Sweeper):
         log.info(
             "Study %r in %s holds %d trials (%d complete, %d failed%s); target %d",
             study.study_name,
-            self.storage,
+            masked(self.storage),
             sum(counts[s] for s in TrialState if s != TrialState.WAITING),
             counts[TrialState.COMPLETE],
             counts[TrialState.FAIL],
@@ -507,7 +542,14 @@ class ResumableOptunaSweeper(Sweeper):
         trial.set_user_attr(OWNER, owner())
         if extend is not None:
             extend(self.config, trial)
+            self.learn(trial)
         return trial
+
+    def learn(self, trial: optuna.Trial) -> None:
+        """Add the parameters ``custom_search_space`` suggested to the sweep's own space."""
+        for key, suggested in trial.distributions.items():
+            if key not in self.space and space_key_problem(key) is None:
+                self.space[key] = suggested
 
     def record(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> bool:
         try:
@@ -543,17 +585,27 @@ class ResumableOptunaSweeper(Sweeper):
             raise ImgclfError(
                 f"no trial of study {study.study_name!r} completed; see the trial logs in {self.sweep_dir}"
             )
-        ranked = sorted(complete, key=lambda t: t.value, reverse=direction == "maximize")
+        ranked = in_space(
+            sorted(complete, key=lambda t: t.value, reverse=direction == "maximize"),
+            self.space,
+            required=self.swept,
+        )
+        if not ranked:
+            raise ImgclfError(
+                f"no complete trial of study {study.study_name!r} lies inside this sweep's search space; "
+                "run more trials (raise hydra.sweeper.n_trials) or sweep the space they were drawn from"
+            )
         show_best_trials(ranked[:5], metric=self.metric)
         best = ranked[0]
         path = write_best_hparams(
             Path(self.config.paths.model_dir) / BEST_HPARAMS,
             best.params,
+            self.space,
             metric=self.metric,
             value=float(best.value),
             trial=best.number,
             study=study.study_name,
-            storage=str(self.storage),
+            storage=masked(self.storage),
             n_trials=len(study.trials),
         )
         counts = trial_counts(study)
@@ -567,6 +619,45 @@ class ResumableOptunaSweeper(Sweeper):
             OmegaConf.create({"name": "optuna", "best_params": best.params, "best_value": best.value}),
             Path(self.sweep_dir) / "optimization_results.yaml",
         )
+
+
+def probe_trial(
+    space: SearchSpace, extend: Callable[[DictConfig, optuna.Trial], None], config: DictConfig
+) -> optuna.Trial:
+    """A trial of a throwaway in-memory study, extended by ``custom_search_space``: which
+    parameters it suggests, even when this run asks no trial of its own."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+    try:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler()).ask(space.distributions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    extend(config, trial)
+    return trial
+
+
+def in_space(
+    trials: list[FrozenTrial], space: dict[str, BaseDistribution], required: list[str]
+) -> list[FrozenTrial]:
+    """The trials whose parameters this sweep could have drawn, ``required`` among them, in order;
+    the others (another search space's, or crafted in a shared study) are left out with a warning."""
+    kept, left_out = [], []
+    for trial in trials:
+        missing = [key for key in required if key not in trial.params]
+        problem = outside_space(trial.params, space) or (f"no {', '.join(missing)}" if missing else None)
+        if problem is None:
+            kept.append(trial)
+        else:
+            left_out.append(f"trial {trial.number}: {problem}")
+    if left_out:
+        log.warning(
+            "%d complete trials lie outside this sweep's search space and are not candidates for the "
+            "best parameters (%s%s)",
+            len(left_out),
+            "; ".join(left_out[:3]),
+            "; ..." if len(left_out) > 3 else "",
+        )
+    return kept
 
 
 def short_names(names: list[str]) -> dict[str, str]:

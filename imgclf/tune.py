@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+    json_to_distribution,
+)
 
 from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write_text
@@ -23,17 +34,80 @@ HEADER = (
 )
 
 
-def write_best_hparams(path: str | Path, params: dict[str, Any], **info: Any) -> Path:
+def space_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be searched: Hydra's own settings and added (``+``) reserved keys such
+    as ``_target_`` are not hyperparameters, and a study or file could name code through them."""
+    name = bare_key(key)
+    if name == "hydra" or name.startswith(("hydra.", "hydra/")):
+        return "Hydra's own settings are not hyperparameters"
+    if key.startswith("+") and any(part.startswith("_") for part in name.replace("/", ".").split(".")):
+        return "a search space may not add a reserved key (_target_, _partial_, ...)"
+    return None
+
+
+def contains(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one the sweep could have drawn from ``distribution``."""
+    if isinstance(distribution, CategoricalDistribution):
+        # by type too: 1 == True, and "1" would not become the 1 the sweep drew
+        return any(type(choice) is type(value) and choice == value for choice in distribution.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if not distribution.low <= value <= distribution.high:
+        return False
+    if isinstance(distribution, IntDistribution):
+        return isinstance(value, int) and (value - distribution.low) % distribution.step == 0
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        steps = (value - distribution.low) / distribution.step
+        return abs(steps - round(steps)) < 1e-8
+    return isinstance(distribution, FloatDistribution)
+
+
+def outside_space(params: Mapping[str, Any], space: Mapping[str, BaseDistribution]) -> str | None:
+    """What of ``params`` lies outside the search space ``space``, or None."""
+    for key, value in params.items():
+        if key not in space:
+            return f"{key} is not a parameter of the search space ({', '.join(space) or 'empty'})"
+        if not contains(space[key], value):
+            return f"{key}={value!r} is outside its search space {space[key]}"
+    return None
+
+
+def write_best_hparams(
+    path: str | Path, params: Mapping[str, Any], space: Mapping[str, BaseDistribution], **info: Any
+) -> Path:
+    """The best parameters and the search space they were drawn from, for the reader to check."""
+    if problem := outside_space(params, space):
+        raise ImgclfError(f"best parameters not written to {path}: {problem}")
     path = Path(path)
-    document = {**info, "params": dict(params)}
+    recorded = {key: json.loads(distribution_to_json(d)) for key, d in space.items()}
+    document = {**info, "params": dict(params), "space": recorded}
     atomic_write_text(path, HEADER + yaml.safe_dump(document, sort_keys=False))
     return path
 
 
+def read_space(entries: Any, fail: Callable[[str], NoReturn]) -> dict[str, BaseDistribution]:
+    if not isinstance(entries, dict) or not entries:
+        fail("no search space recorded ('space'; files from before imgclf checked them have none)")
+    space = {}
+    for key, entry in entries.items():
+        if problem := space_key_problem(str(key)):
+            fail(f"{key} is refused: {problem}")
+        try:
+            space[key] = json_to_distribution(json.dumps(entry))
+        except (TypeError, ValueError, KeyError) as exc:  # Optuna's checks of names and bounds
+            fail(f"the search space of {key} is invalid ({exc})")
+    return space
+
+
 def read_best_hparams(path: str | Path) -> dict[str, Any]:
-    """The file's contents, checked; an unreadable or partial file is an error, not a default."""
+    """The file's contents, checked: parameters inside the search space recorded with them. An
+    unreadable, partial or out-of-space file is an error, not a default."""
     path = Path(path)
     fix = f"rerun the sweep, fix or remove {path}, or pass use_best_hparams=false"
+
+    def fail(problem: str) -> NoReturn:
+        raise ImgclfError(f"{path}: {problem}; {fix}")
+
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -43,10 +117,13 @@ def read_best_hparams(path: str | Path) -> dict[str, Any]:
         or not isinstance(document.get("params"), dict)
         or not document["params"]
     ):
-        raise ImgclfError(f"{path} has no 'params' mapping of hyperparameters; {fix}")
+        fail("no 'params' mapping of hyperparameters")
     for key, value in document["params"].items():
         if not isinstance(value, (int, float, str, bool)):
-            raise ImgclfError(f"{path}: {key} has value {value!r}, not a number, string or bool; {fix}")
+            fail(f"{key} has value {value!r}, not a number, string or bool")
+    space = read_space(document.get("space"), fail)
+    if problem := outside_space(document["params"], space):
+        fail(problem)
     return document
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from postgres import postgres_bin, postgres_server
@@ -87,6 +88,9 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
     assert document["value"] == pytest.approx(best.value)
     assert document["metric"] == "val/acc"
     assert document["params"] == best.params
+    # the search space is recorded beside them, the custom_search_space's parameter included
+    assert set(document["space"]) == set(best.params)
+    assert document["space"]["data.batch_size"]["attributes"]["choices"] == [8, 16]
     assert set(best.params) == {
         "trainer.max_epochs",
         "model.head.hidden_size",
@@ -152,7 +156,15 @@ def test_best_hparams_recompose_the_config_and_the_command_line_wins(tmp_path):
         "callbacks": "none",
         "model.head.activation": "tanh",
     }
-    write_best_hparams(model_dir / BEST_HPARAMS, params, metric="val/acc", value=0.9)
+    space = {
+        "model.head.hidden_size": IntDistribution(6, 2048),
+        "model.optimizer.lr": FloatDistribution(1e-6, 1e-2, log=True),
+        "+model.optimizer.weight_decay": FloatDistribution(0.0, 0.01),
+        "logger": CategoricalDistribution(["csv", "tensorboard", "none"]),
+        "callbacks": CategoricalDistribution(["default", "early_stopping", "none"]),
+        "model.head.activation": CategoricalDistribution(["relu", "tanh"]),
+    }
+    write_best_hparams(model_dir / BEST_HPARAMS, params, space, metric="val/acc", value=0.9)
     command_line = [f"paths.model_dir={model_dir}", "model.optimizer.lr=0.5", "callbacks=early_stopping"]
     cfg = apply_best_hparams(compose("train", command_line, output_dir=tmp_path))
     assert cfg.model.head.hidden_size == 77 and cfg.model.head.activation == "tanh"
@@ -407,8 +419,9 @@ def test_a_sweep_whose_trials_all_fail_stops(tmp_path, small_digits_root, backbo
         "params: {model.optimizer.lr: 0.01",
         "",
         "params: []",
-        "params: {model.nope: 1}",
-        "params: {trainer: nope}",
+        # keys inside their recorded search space, but not keys of train.py
+        "params: {model.nope: 1}\nspace: {model.nope: {type: int, low: 0, high: 2}}",
+        "params: {trainer: nope}\nspace: {trainer: {type: categorical, choices: [nope]}}",
     ],
 )
 def test_broken_best_hparams_is_an_error(tmp_path, small_digits_root, content):
