@@ -103,6 +103,17 @@ def main() -> None:
         sweeps(args.only, args.trials, args.sweep_image_size, sweep_sizes, args.sweep_per_class)
 
 
+# timm keeps published accuracies out of the model's metadata: the figure for the one backbone
+# whose weights install offline, as its authors publish it (EfficientNet-Lite0, fp32: 74.94 %)
+TIMM_TOP1 = {"tf_efficientnet_lite0": 74.9}
+
+
+def published_top1(spec: dict) -> float | None:
+    if spec.get("library") == "timm":
+        return TIMM_TOP1.get(spec["name"])
+    return weights_enum(spec).meta["_metrics"]["ImageNet-1K"]["acc@1"]
+
+
 def table(backbones: list[str], photo_count: int, batches: int, bf16: bool) -> None:
     print(
         "| backbone | image px | parameters (M) | images/s fp32 | images/s bf16 | feature pass s/1,000 "
@@ -122,10 +133,10 @@ def table(backbones: list[str], photo_count: int, batches: int, bf16: bool) -> N
                 images_per_second(Predictor(model, record, precision="bf16"), size, batches) if bf16 else None
             )
             seconds = feature_pass_seconds(model, samples)
-            top1 = weights_enum(spec).meta["_metrics"]["ImageNet-1K"]["acc@1"]
+            top1 = published_top1(spec)
             print(
                 f"| {name} | {size} | {params:.1f} | {fp32:.1f} | {f'{fast:.1f}' if fast else 'n/a'} "
-                f"| {seconds:.0f} | {top1:.1f} |",
+                f"| {seconds:.0f} | {f'{top1:.1f}' if top1 else 'see timm'} |",
                 flush=True,
             )
 

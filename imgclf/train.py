@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module: ClassifierModule = build(
         cfg.model, num_classes=len(datamodule.classes), class_counts=datamodule.class_counts()
     )
+    log.info("Backbone %s, ImageNet weights: %s", *weights_used(module).values())
     runner = StageRunner(cfg, build_all(cfg.get("logger"), "logger"), datamodule.files())
     results: list[StageResult] = []
     epochs_before = 0
@@ -129,7 +130,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         val_split=datamodule.val_split,
     )
     log.info("Saved the model to %s", path)
-    return {**metrics, "model": str(path)}
+    return {**metrics, "model": str(path), **weights_used(module)}
+
+
+def weights_used(module: ClassifierModule) -> dict[str, str]:
+    """Which backbone and which ImageNet weights the model was trained from, for the summaries."""
+    backbone = module.model.backbone_config
+    return {"backbone": str(backbone["name"]), "weights": module.weights_source or "none (from scratch)"}
 
 
 def hyperparameters(cfg: DictConfig, module: ClassifierModule) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""make demo: build the digits dataset, train, evaluate on test, classify one image.
+"""make demo: build the digits dataset, train on ImageNet features, evaluate on test, classify one image.
 
 Each step is the real command a user would type, run as a subprocess and shown first.
 """
@@ -16,10 +16,13 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from imgclf.backbones import weights_file  # noqa: E402
+from imgclf.backbones import fetch_weights  # noqa: E402
 from imgclf.demo import make_digits_dataset  # noqa: E402
+from imgclf.errors import ImgclfError  # noqa: E402
 
-BACKBONE = OmegaConf.load(ROOT / "conf" / "model" / "backbone" / "inception_v3.yaml")
+BACKBONE = OmegaConf.to_container(
+    OmegaConf.load(ROOT / "conf" / "model" / "backbone" / "efficientnet_lite0.yaml")
+)
 
 
 def step(*args: str) -> None:
@@ -32,18 +35,18 @@ def main() -> None:
     started = time.time()
     counts = make_digits_dataset(ROOT / "data" / "digits")
     print(f"digits dataset in data/digits: {counts}")
-    weights = weights_file(BACKBONE)
-    if weights.is_file():
-        print(f"ImageNet weights found ({weights}): training the head on a frozen backbone.")
-        model = ["model.pretrained=true", "model.optimizer.lr=1e-3", "data.image_size=150"]
+    try:
+        weights = fetch_weights(BACKBONE, allow_download=False)
+    except ImgclfError as exc:  # the package is a dependency: only a broken install lacks it
+        print(f"{exc}\nTraining Inception v3 from scratch instead.")
+        step("scripts/train.py", "+experiment=digits")
     else:
         print(
-            f"No ImageNet weights in {weights.parent} (this machine is offline): "
-            "training Inception v3 from scratch instead. With the weights, transfer learning "
-            "is faster and more accurate."
+            f"ImageNet weights: EfficientNet-Lite0 from the installed package {BACKBONE['weights']} "
+            f"({weights}). The head trains on the frozen backbone's stored features, then its top "
+            "blocks fine-tune on images."
         )
-        model = ["model.pretrained=false"]
-    step("scripts/train.py", "+experiment=digits", *model)
+        step("scripts/train.py", "+experiment=digits_pretrained")
     model_dir = "paths.model_dir=data/trained_model_digits"
     step("scripts/eval.py", "split=test", "data.root=data/digits", model_dir)
     sample = sorted((ROOT / "data" / "digits" / "test" / "7").glob("*.png"))[0]

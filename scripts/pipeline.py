@@ -146,6 +146,9 @@ def show_summary(console: Console, summary: dict) -> None:
         metric = summary["metric"]
         weakest = ", ".join(f"{row['class']} ({metric} {row[metric]:.4f})" for row in summary["weakest"])
         console.print(f"Weakest classes on val: {weakest}")
+    backbone = summary.get("backbone")
+    if backbone and backbone.get("backbone"):
+        console.print(f"Backbone: {backbone['backbone']}, ImageNet weights: {backbone['weights']}")
     console.print(f"Reports of every round: {summary['reports']}")
     model = summary["model"]
     if model:

@@ -15,6 +15,7 @@ def report(metrics: dict, metric: str) -> None:
         return
     if "model" in metrics:
         print(f"model: {metrics['model']}")
+        print(f"backbone: {metrics['backbone']}, ImageNet weights: {metrics['weights']}")
         print(f"train accuracy: {metrics['train/acc']:.4f}")
     label = {"val/acc": "val accuracy"}.get(metric, metric)
     print(f"{label}: {metrics[metric]:.4f} (best epoch {metrics['best_epoch']})")

@@ -170,6 +170,9 @@ def test_two_rounds_from_an_original_latin1_csv_without_val(web, chromium_path, 
     test_accuracy = round1["1.eval"]["result"]["test"]["accuracy"]
     assert table_row(first.stdout, "Accuracy", "round 1") == [f"{val_accuracy:.4f}", f"{test_accuracy:.4f}"]
     assert f"Serve it: python serve.py ckpt_path={model_dir / 'model.ckpt'}" in first.stdout
+    trained = round1["1.train"]["result"]  # which network and weights, said in the summary
+    assert f"Backbone: {trained['backbone']}, ImageNet weights: {trained['weights']}" in first.stdout
+    assert trained["backbone"] == record["architecture"]["backbone"]["name"]
     metrics = json.loads((model_dir / "pipeline" / "round1" / "eval_val" / "metrics.json").read_text())
     assert metrics["num_images"] == 2  # the held-out split, as eval.py reads it
     recall = {name: values["recall"] for name, values in metrics["per_class"].items()}

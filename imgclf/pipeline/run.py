@@ -607,7 +607,7 @@ class Pipeline:
             raise ImgclfError(
                 "training saved no model; leave save_model and trainer.fast_dev_run as they are"
             )
-        keys = ("train/acc", "val/acc", "best_epoch", "model")
+        keys = ("train/acc", "val/acc", "best_epoch", "model", "backbone", "weights")
         result = {key: metrics[key] for key in keys if key in metrics}
         outcome = f"val accuracy {metrics['val/acc']:.4f}"
         return result, outcome, metrics
@@ -697,7 +697,13 @@ class Pipeline:
         last = scores[max(scores)] if scores else {}
         weakest = sorted(last, key=lambda name: (last[name], name))[: self.cfg.loop.weakest]
         model = self.model_dir / "model.ckpt"
+        trained = [
+            record["result"]
+            for n in rounds
+            if (record := self.state.get(f"{n}.train")) and isinstance(record.get("result"), dict)
+        ]
         return {
+            "backbone": {k: trained[-1].get(k) for k in ("backbone", "weights")} if trained else None,
             "stages": stages,
             "images": self.image_counts(model),
             "review": quarantined,
