@@ -214,7 +214,11 @@ def quantize_int8(
         quantize_static(
             prepared,
             int8_path,
-            calibration_reader(calibration, batch_size, num_workers),
+            # the histogram calibrators (entropy, percentile) stack each batch's outputs and fail on a
+            # short last batch: they get one image at a time
+            calibration_reader(
+                calibration, batch_size if settings["calibrate_method"] == "minmax" else 1, num_workers
+            ),
             quant_format=QuantFormat.QDQ,
             per_channel=bool(settings["per_channel"]),
             reduce_range=bool(settings["reduce_range"]),
