@@ -70,10 +70,14 @@ def files_under(root: Path) -> list[str]:
 def snapshot(directory: Path, skip: Path) -> dict[str, tuple[int, int]]:
     """Size and mtime of every file under ``directory`` except those under ``skip``."""
     return {
-        p.relative_to(directory).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        p.relative_to(directory).as_posix(): snapshot_of(p)
         for p in directory.rglob("*")
         if p.is_file() and skip not in p.parents
     }
+
+
+def snapshot_of(path: Path) -> tuple[int, int]:
+    return path.stat().st_size, path.stat().st_mtime_ns
 
 
 def manifest(root: Path) -> list[dict]:
@@ -203,7 +207,12 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
         "127.0.0.1",
     }
 
-    assert snapshot(tmp_path, skip=root) == before  # nothing outside the dataset changed
+    # Nothing outside the dataset changed but its lock beside it (imgclf.locks): empty, and the
+    # file naming its holder gone with the run.
+    lock = root.parent / f".{root.name}.lock"
+    assert lock.stat().st_size == 0 and not lock.with_name(lock.name + ".json").exists()
+    with_lock = before | {lock.relative_to(tmp_path).as_posix(): snapshot_of(lock)}
+    assert snapshot(tmp_path, skip=root) == with_lock
     assert list(cwd.iterdir()) == []
 
 

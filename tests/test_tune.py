@@ -14,13 +14,14 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
+from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, require, run_script
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from postgres import postgres_bin, postgres_server
 from processes import start_script
 
+from imgclf.backbones import fetch_weights
 from imgclf.config import build
 from imgclf.errors import ImgclfError
 from imgclf.module import fused_if_available
@@ -35,17 +36,15 @@ SMALL_SEARCH = [
 ]
 
 
+# Every trial trains a head on the frozen features of a real ImageNet backbone: EfficientNet-Lite0,
+# whose weights the installed package ships (so the searched figures mean what a user gets).
+BACKBONE = "model/backbone=efficientnet_lite0"
+
+
 @pytest.fixture(scope="module")
-def backbone_weights(tmp_path_factory, digits_model) -> Path:
-    """A state dict in torchvision's layout whose features separate digits: the backbone of an
-    Inception v3 trained on them (ImageNet weights cannot be downloaded in CI)."""
-    record = torch.load(digits_model[0] / "model.ckpt", weights_only=True)
-    state = {
-        k.removeprefix("backbone."): v for k, v in record["state_dict"].items() if k.startswith("backbone.")
-    }
-    path = tmp_path_factory.mktemp("weights") / "backbone.pth"
-    torch.save(state, path)
-    return path
+def backbone_weights() -> Path:
+    """EfficientNet-Lite0's ImageNet weights, as the installed package ships them."""
+    return fetch_weights(backbone_config("efficientnet_lite0"), allow_download=False)
 
 
 def sweep_args(root: Path, model_dir: Path, weights: Path, n_trials: int, *extra: str) -> list[str]:
@@ -55,6 +54,7 @@ def sweep_args(root: Path, model_dir: Path, weights: Path, n_trials: int, *extra
         f"hydra.sweeper.n_trials={n_trials}",
         f"data.root={root}",
         f"paths.model_dir={model_dir}",
+        BACKBONE,
         f"model.weights_path={weights}",
         "data.image_size=75",
         "data.num_workers=0",
@@ -116,6 +116,7 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
         *fast,
         f"data.root={small_digits_root}",
         f"paths.model_dir={model_dir}",
+        BACKBONE,
         "model.pretrained=true",
         f"model.weights_path={backbone_weights}",
         f"paths.cache_dir={model_dir / 'cache'}",
@@ -260,11 +261,12 @@ def test_two_processes_share_a_postgresql_study(tmp_path, small_digits_root, bac
 
 
 def frozen_backbone_cfg(weights: Path, root: Path, tmp_path: Path, model_dir: Path, *extra: str):
-    """One train.py config with the digits backbone frozen: what a sweep trial runs."""
+    """One train.py config with the ImageNet backbone frozen: what a sweep trial runs."""
     return compose(
         "train",
         FAST_TRAIN
         + [
+            BACKBONE,
             "model.pretrained=true",
             f"model.weights_path={weights}",
             f"data.root={root}",
@@ -303,7 +305,7 @@ def test_feature_store_is_reused_and_invalidated(tmp_path, small_digits_root, ba
     assert "Computing backbone features once" in run("data.image_size=80")
     other_weights = tmp_path / "other.pth"
     state = torch.load(backbone_weights, weights_only=True)
-    state["Conv2d_1a_3x3.conv.weight"] = state["Conv2d_1a_3x3.conv.weight"] * 1.01
+    state["_conv_stem.weight"] = state["_conv_stem.weight"] * 1.01
     torch.save(state, other_weights)
     assert "Computing backbone features once" in run(f"model.weights_path={other_weights}")
     assert stores() == 3
