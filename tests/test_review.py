@@ -1,9 +1,9 @@
 """The dataset review on real digit images with planted problems: each is found, clean images
 are rarely flagged, and the HTML report renders in Chromium.
 
-Label checking uses ``labels.features=pixels``: ImageNet weights cannot be had offline, and raw
-pixels separate digits well. The planted mislabels go through the same cross-validated code path
-that backbone features use in real runs.
+Label checking uses ``labels.features=pixels`` for the file problems (raw pixels separate digits
+well and need no network), and the frozen EfficientNet-Lite0's ImageNet features (the installed
+package's weights), as a user's review runs, for the planted mislabels in a test of their own.
 """
 
 from __future__ import annotations
@@ -128,6 +128,40 @@ def test_finds_planted_mislabels_and_few_clean_images(planted, record_property):
     assert len(clean_flagged) <= 0.025 * result["images"], sorted(clean_flagged)
     named = {f.path: f.other for f in result["flags"] if f.reason == "suspect_label"}
     for path in expected["suspect_label"]:  # and it names the class the image really shows
+        assert named[path] == Path(path).name.split("_")[0]
+
+
+@pytest.fixture(scope="module")
+def planted_imagenet(tmp_path_factory, digits_root):
+    """The same planted dataset, its labels checked on real ImageNet features."""
+    base = tmp_path_factory.mktemp("review_imagenet")
+    root = base / "dataset"
+    expected = plant_problems(digits_root, root)
+    overrides = [
+        f"data.root={root}",
+        f"seed={seeded(42)}",
+        "model/backbone=efficientnet_lite0",
+        "labels.features=backbone",
+        "model.image_size=128",  # the demo's size for these 32 px digits
+    ]
+    return root, expected, review(compose("review", overrides, output_dir=base / "run"))
+
+
+def test_imagenet_features_find_planted_mislabels(planted_imagenet, record_property):
+    _, expected, result = planted_imagenet
+    suspects = flagged(result, "suspect_label")
+    clean_flagged = suspects - expected["suspect_label"]
+    found = expected["suspect_label"] & suspects
+    record_property("planted mislabels found", f"{len(found)} / {len(expected['suspect_label'])}")
+    record_property("clean images flagged", len(clean_flagged))
+    assert result["seconds"]["labels"] > 0  # the backbone ran
+    # Measured: all 6 planted found; 31 and 39 clean images flagged (seeds 42 and 1, AMX bf16), 35
+    # (seed 42, AVX2 fp32): ImageNet features see digits less sharply than photos, and sklearn's
+    # digits hold ambiguous scribbles. On real photos: benchmarks/review_labels.py, 12/12 and 2/544.
+    assert len(found) >= 5, sorted(expected["suspect_label"] - suspects)
+    assert len(clean_flagged) <= 0.025 * result["images"], sorted(clean_flagged)
+    named = {f.path: f.other for f in result["flags"] if f.reason == "suspect_label"}
+    for path in found:  # and it names the class the image really shows
         assert named[path] == Path(path).name.split("_")[0]
 
 
