@@ -156,7 +156,8 @@ def missing_weights_message(backbone: Mapping[str, Any], reason: str) -> str:
     return (
         f"ImageNet weights for {backbone['name']} are not available ({reason}). Either put "
         f"torchvision's file {target.name} in {target.parent} (set TORCH_HOME to use another "
-        "cache), pass model.weights_path=/path/to/state_dict.pth, or train from scratch with "
+        "cache), pass model.weights_path=/path/to/state_dict.pth, use the ImageNet weights "
+        "installed with imgclf (model/backbone=efficientnet_lite0), or train from scratch with "
         "model.pretrained=false."
     )
 

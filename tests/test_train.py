@@ -163,6 +163,7 @@ def test_missing_weights_fail_fast_with_a_fix(tmp_path, small_digits_root):
     assert "resnet50" in result.stderr and "resnet50-11ad3fa6.pth" in result.stderr
     assert "model.pretrained=false" in result.stderr and "TORCH_HOME" in result.stderr
     assert "model.weights_path" in result.stderr
+    assert "model/backbone=efficientnet_lite0" in result.stderr  # the weights installed offline
 
 
 def test_too_small_an_image_is_refused_with_the_minimum(tmp_path, small_digits_root):
