@@ -18,13 +18,17 @@ with the search space they were drawn from; a trial the sweep's own space could 
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import math
 import os
 import random
 import re
+import site
 import socket
 import sys
+import sysconfig
 import threading
 import time
 import warnings
@@ -67,6 +71,43 @@ from imgclf.tune import (
 log = logging.getLogger(__name__)
 OWNER = "imgclf_owner"
 _MISSING = object()
+OWN_CODE = "it must name a function of your own code (as search_spaces.batch_size, on PYTHONPATH)"
+
+
+def check_custom_search_space(name: str) -> None:
+    """``custom_search_space`` names a function of the user's own code: a module found outside the
+    Python installation (its standard library and installed packages), checked before anything is
+    imported, so that a config file cannot make the sweep import, and run, one of theirs."""
+    top = name.split(".", 1)[0]
+    if "." not in name or not top.isidentifier():
+        raise ImgclfError(
+            f"hydra.sweeper.custom_search_space={name} is not module.function; name a function of "
+            "your own module (on PYTHONPATH), as search_spaces.batch_size"
+        )
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level module: found, not run
+    except (ImportError, ValueError):
+        spec = None
+    origin = getattr(spec, "origin", None)
+    if spec is None or not origin:
+        raise ImgclfError(
+            f"hydra.sweeper.custom_search_space={name}: no module {top} on the path "
+            "(PYTHONPATH or the working directory)"
+        )
+    if origin in ("built-in", "frozen"):
+        raise ImgclfError(f"hydra.sweeper.custom_search_space={name} names a built-in module; {OWN_CODE}")
+    libraries = ("stdlib", "platstdlib", "purelib", "platlib")
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in libraries}
+    installed |= {Path(p).resolve() for p in site.getsitepackages() + [site.getusersitepackages()]}
+    ours = Path(__file__).resolve().parent
+    where = Path(origin).resolve()
+    if where.is_relative_to(ours) or where.is_relative_to(ours.parent / "scripts"):
+        raise ImgclfError(f"hydra.sweeper.custom_search_space={name} names imgclf's own code; {OWN_CODE}")
+    if any(where.is_relative_to(folder) for folder in installed):
+        raise ImgclfError(
+            f"hydra.sweeper.custom_search_space={name} names a module of the Python installation "
+            f"({where}); {OWN_CODE}"
+        )
 
 
 @dataclass
@@ -423,10 +464,15 @@ class ResumableOptunaSweeper(Sweeper):
     def search_space_extender(self) -> Callable[[DictConfig, optuna.Trial], None] | None:
         if not self.custom_search_space:
             return None
+        name = str(self.custom_search_space)
+        check_custom_search_space(name)
         try:
-            return get_method(self.custom_search_space)
+            function = get_method(name)
         except Exception as exc:  # not importable, or not a function
             raise ImgclfError(f"hydra.sweeper.custom_search_space cannot be loaded: {exc}") from None
+        if not inspect.isfunction(function):
+            raise ImgclfError(f"hydra.sweeper.custom_search_space={name} is not a Python function")
+        return function
 
     def run(self, arguments: list[str]) -> None:
         direction = self.check_settings()

@@ -332,3 +332,27 @@ def test_a_search_space_cannot_add_a_reserved_key(tmp_path, small_digits_root):
     assert "Traceback" not in result.stderr
     assert "a search space may not add a reserved key" in result.stderr
     assert not (model_dir / "optuna.db").exists() and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "function, refusal",
+    [
+        # `this` prints the Zen of Python when imported: the refusal comes before any import
+        ("this.s", "names a module of the Python installation"),
+        ("imgclf.io.atomic_write_text", "names imgclf's own code"),
+        ("os.system", "names a built-in module"),
+    ],
+)
+def test_the_custom_search_space_must_be_the_users_own_function(
+    tmp_path, small_digits_root, function, refusal
+):
+    model_dir = tmp_path / "model"
+    extra = f"hydra.sweeper.custom_search_space={function}"
+    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 1, extra))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and refusal in errors[0], result.stderr
+    assert "of your own code" in errors[0]
+    assert "Beautiful is better than ugly" not in result.stdout + result.stderr
+    assert not (model_dir / "optuna.db").exists()
