@@ -406,3 +406,22 @@ def test_deeply_nested_json_in_a_result_page_is_not_data(tmp_path):
     metrics.write_text(deep)
     with pytest.raises(ImgclfError, match="is not an evaluation's metrics.json"):
         weakest_classes(metrics, 1)
+
+
+def test_a_stage_result_of_another_shape_is_a_clear_error_in_the_summary(tmp_path):
+    """A hand-edited state whose records pass their checks but whose results do not have the shape
+    imgclf writes: the summary says which file, not a traceback."""
+    from imgclf.pipeline.run import Pipeline
+
+    csv = tmp_path / "terms.csv"
+    csv.write_text(CSV)
+    model_dir = tmp_path / "model"
+    state = model_dir / "pipeline" / "state.json"
+    state.parent.mkdir(parents=True)
+    record = {"status": "done", "config": "x", "after": {}, "seconds": 1.0}
+    stages = {"1.eval": {**record, "result": {"val": {"accuracy": 0.5, "per_class": ["not", "a", "map"]}}}}
+    state.write_text(json.dumps({"format": "imgclf.pipeline/1", "stages": stages}))
+    overrides = [f"searchterms={csv}", f"data.root={tmp_path / 'data'}", f"paths.model_dir={model_dir}"]
+    pipeline = Pipeline(compose("pipeline", overrides, output_dir=tmp_path / "run"))
+    with pytest.raises(ImgclfError, match=r"state.json: a stage's result is not what imgclf writes.*delete"):
+        pipeline.summary()

@@ -655,7 +655,17 @@ class Pipeline:
     # -- the summary ---------------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        """What ran and what came of it, from the state (skipped stages' results included)."""
+        """What ran and what came of it, from the state (skipped stages' results included); a
+        result of another shape than this version writes (a hand-edited state) is one clear error."""
+        try:
+            return self._summary()
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+            raise ImgclfError(
+                f"{self.state.path}: a stage's result is not what imgclf writes ({type(exc).__name__}: "
+                f"{exc}); delete that stage's entry from the file to run it again"
+            ) from None
+
+    def _summary(self) -> dict[str, Any]:
         stages = []
         for stage in self.plan():
             record = self.state.get(stage.key) or {}
