@@ -75,18 +75,52 @@ def move_no_replace(source: str | os.PathLike, target: str | os.PathLike) -> Non
     try:
         os.link(source, target, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
+        if exc.errno == errno.EXDEV:
+            # Another file system: a full copy beside the target, then linked into place.
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                shutil.copy2(source, tmp)
+                _link_or_copy_exclusive(Path(tmp), target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        elif exc.errno in _NO_HARD_LINKS:
+            _copy_exclusive(source, target)
+        else:
             raise
-        # Another file system: a full copy beside the target, then linked into place.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copy2(source, tmp)
-            os.link(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
     os.unlink(source)
+
+
+# What link() answers on a file system without hard links (FAT, exFAT, some network shares).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+def _link_or_copy_exclusive(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        _copy_exclusive(source, target)
+
+
+def _copy_exclusive(source: Path, target: Path) -> None:
+    """Without hard links: create ``target`` exclusively (``O_EXCL``: a file already there, or one
+    that appears first, raises :class:`FileExistsError`) and copy into it; a failed copy leaves no
+    partial target behind."""
+    with open(target, "xb") as out:
+        try:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        except BaseException:
+            out.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            raise
+    shutil.copystat(source, target)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

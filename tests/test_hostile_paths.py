@@ -6,6 +6,7 @@ Real files in tmp_path throughout; the locks are tested against real processes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -141,6 +142,25 @@ def test_move_no_replace_keeps_both_files(tmp_path):
     assert (tmp_path / "a").read_text() == "a" and (tmp_path / "b").read_text() == "b"
     move_no_replace(tmp_path / "a", tmp_path / "sub" / "c")
     assert not (tmp_path / "a").exists() and (tmp_path / "sub" / "c").read_text() == "a"
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_move_no_replace_without_hard_links_still_never_overwrites(tmp_path, monkeypatch, code):
+    """On a file system without hard links (FAT, exFAT, some shares) link() fails with EPERM or
+    EOPNOTSUPP; the move falls back to an exclusive create and a copy, with the same guarantee."""
+
+    def no_links(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "a").write_bytes(b"a" * 3_000_000)
+    (tmp_path / "b").write_text("b")
+    with pytest.raises(FileExistsError):
+        move_no_replace(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "b").read_text() == "b" and (tmp_path / "a").stat().st_size == 3_000_000
+    move_no_replace(tmp_path / "a", tmp_path / "sub" / "c")
+    assert not (tmp_path / "a").exists() and (tmp_path / "sub" / "c").read_bytes() == b"a" * 3_000_000
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["c"]
 
 
 def test_quarantine_and_undo_still_round_trip_with_bad_log_lines(dataset, tmp_path, caplog):
