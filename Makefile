@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install system-deps
 
 lint: install
 	$(PY) -m ruff check .
+
+# The MkDocs site from docs/ (mkdocs.yml); --strict fails on a broken link between pages.
+docs: install
+	$(PY) -m mkdocs build --strict --site-dir build/site
 
 bench: install system-deps
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

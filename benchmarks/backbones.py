@@ -1,4 +1,4 @@
-"""The README's "Choosing a backbone" table, measured side by side in one run on this CPU.
+"""The "Choosing a backbone" table of docs/training.md, measured side by side in one run on this CPU.
 
 For every backbone of ``conf/model/backbone/``, at the weights' own image size: parameters of the
 network up to its pooled features, CPU inference images/s of the whole classifier through the

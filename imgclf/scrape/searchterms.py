@@ -71,7 +71,7 @@ def resolve_searchterms(value: str | Path) -> Path:
         return Path(str(resources.files("imgclf.scrape").joinpath("examples", f"{name}.csv")))
     raise SearchTermsError(
         f"search terms file {path} not found; create it with the columns {', '.join(COLUMNS)} "
-        "(see 'Building a dataset: scraping' in the README), pass searchterms=PATH, or use a "
+        "(see docs/scraping.md), pass searchterms=PATH, or use a "
         f"bundled example: searchterms={' or searchterms='.join(example_names())}"
     )
 
