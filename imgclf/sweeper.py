@@ -470,8 +470,12 @@ class ResumableOptunaSweeper(Sweeper):
             function = get_method(name)
         except Exception as exc:  # not importable, or not a function
             raise ImgclfError(f"hydra.sweeper.custom_search_space cannot be loaded: {exc}") from None
-        if not inspect.isfunction(function):
-            raise ImgclfError(f"hydra.sweeper.custom_search_space={name} is not a Python function")
+        # defined in the module it is named from, not reached through it (search_spaces.subprocess.run)
+        if not inspect.isfunction(function) or function.__module__ != name.rsplit(".", 1)[0]:
+            raise ImgclfError(
+                f"hydra.sweeper.custom_search_space={name} is not a function defined in "
+                f"{name.rsplit('.', 1)[0]}; {OWN_CODE}"
+            )
         return function
 
     def run(self, arguments: list[str]) -> None:

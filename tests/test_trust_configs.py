@@ -341,6 +341,8 @@ def test_a_search_space_cannot_add_a_reserved_key(tmp_path, small_digits_root):
         ("this.s", "names a module of the Python installation"),
         ("imgclf.io.atomic_write_text", "names imgclf's own code"),
         ("os.system", "names a built-in module"),
+        # the user's own module, but a function it merely imported
+        ("search_spaces.optuna.create_study", "is not a function defined in search_spaces.optuna"),
     ],
 )
 def test_the_custom_search_space_must_be_the_users_own_function(
@@ -348,7 +350,9 @@ def test_the_custom_search_space_must_be_the_users_own_function(
 ):
     model_dir = tmp_path / "model"
     extra = f"hydra.sweeper.custom_search_space={function}"
-    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 1, extra))
+    tests = str(REPO_ROOT / "tests")  # where search_spaces.py is
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
+    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 1, extra), env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
