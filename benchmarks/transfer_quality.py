@@ -54,7 +54,7 @@ RUNS = {
 
 def probe(root: Path, backbone_name: str) -> tuple[float, int, int, float]:
     """Logistic regression on frozen pooled features: (accuracy, right, total, seconds)."""
-    from omegaconf import OmegaConf
+    from gpu import backbone as backbone_config
     from sklearn.linear_model import LogisticRegression
 
     from imgclf.backbones import fetch_weights
@@ -64,9 +64,7 @@ def probe(root: Path, backbone_name: str) -> tuple[float, int, int, float]:
     from imgclf.transforms import eval_transform
 
     started = time.perf_counter()
-    backbone = OmegaConf.to_container(
-        OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{backbone_name}.yaml")
-    )
+    backbone = backbone_config(backbone_name)
     model = ImageClassifier.pretrained(
         backbone, 2, weights_path=fetch_weights(backbone, allow_download=False)
     )

@@ -57,14 +57,13 @@ def digits_weights(tmp: Path, data: Path, common: list[str]) -> Path:
 
 def installed_weights(backbone: str) -> Path | None:
     """The backbone's ImageNet weights when a package installed them (no download), else None."""
-    from omegaconf import OmegaConf
+    from gpu import backbone as backbone_config
 
     from imgclf.backbones import fetch_weights
     from imgclf.errors import ImgclfError
 
-    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{backbone}.yaml"))
     try:
-        return Path(fetch_weights(config, allow_download=False))
+        return Path(fetch_weights(backbone_config(backbone), allow_download=False))
     except ImgclfError:
         return None
 

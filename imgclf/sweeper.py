@@ -471,10 +471,10 @@ class ResumableOptunaSweeper(Sweeper):
         except Exception as exc:  # not importable, or not a function
             raise ImgclfError(f"hydra.sweeper.custom_search_space cannot be loaded: {exc}") from None
         # defined in the module it is named from, not reached through it (search_spaces.subprocess.run)
-        if not inspect.isfunction(function) or function.__module__ != name.rsplit(".", 1)[0]:
+        module = name.rsplit(".", 1)[0]
+        if not inspect.isfunction(function) or function.__module__ != module:
             raise ImgclfError(
-                f"hydra.sweeper.custom_search_space={name} is not a function defined in "
-                f"{name.rsplit('.', 1)[0]}; {OWN_CODE}"
+                f"hydra.sweeper.custom_search_space={name} is not a function defined in {module}; {OWN_CODE}"
             )
         return function
 

@@ -137,6 +137,12 @@ def tiny_model(tmp_path_factory, small_digits_root) -> Path:
     return train_model(small_digits_root, model_dir, ["trainer.max_epochs=2"])
 
 
+def search_spaces_env() -> dict[str, str]:
+    """The environment for a script to find ``tests/search_spaces.py`` (a custom_search_space)."""
+    path = [str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
 def run_script(script: str, *overrides: str, timeout: int = 900, env: dict | None = None):
     """Run ``scripts/<script>.py`` as a user would, from the repo root."""
     import subprocess

@@ -85,13 +85,17 @@ def plant_problems(source: Path, root: Path) -> dict[str, set[str]]:
     return expected
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, digits_root):
-    base = tmp_path_factory.mktemp("review")
+def review_planted(base: Path, digits_root: Path, *overrides: str):
+    """A copy of the digits with the problems planted, reviewed: (root, expected, result)."""
     root = base / "dataset"
     expected = plant_problems(digits_root, root)
-    cfg = compose("review", PIXELS + [f"data.root={root}", f"seed={seeded(42)}"], output_dir=base / "run")
+    cfg = compose("review", [f"data.root={root}", f"seed={seeded(42)}", *overrides], output_dir=base / "run")
     return root, expected, review(cfg)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, digits_root):
+    return review_planted(tmp_path_factory.mktemp("review"), digits_root, *PIXELS)
 
 
 def flagged(result, reason: str) -> set[str]:
@@ -134,17 +138,13 @@ def test_finds_planted_mislabels_and_few_clean_images(planted, record_property):
 @pytest.fixture(scope="module")
 def planted_imagenet(tmp_path_factory, digits_root):
     """The same planted dataset, its labels checked on real ImageNet features."""
-    base = tmp_path_factory.mktemp("review_imagenet")
-    root = base / "dataset"
-    expected = plant_problems(digits_root, root)
-    overrides = [
-        f"data.root={root}",
-        f"seed={seeded(42)}",
+    return review_planted(
+        tmp_path_factory.mktemp("review_imagenet"),
+        digits_root,
         "model/backbone=efficientnet_lite0",
         "labels.features=backbone",
         "model.image_size=128",  # the demo's size for these 32 px digits
-    ]
-    return root, expected, review(compose("review", overrides, output_dir=base / "run"))
+    )
 
 
 def test_imagenet_features_find_planted_mislabels(planted_imagenet, record_property):

@@ -26,6 +26,7 @@ from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
 
 from imgclf.hashing import hamming, hex_to_hash, perceptual_hash, sha256_file
 from imgclf.images import load_image
+from imgclf.locks import lock_paths
 from imgclf.scrape.run import scrape
 
 # The first result page of "hockey player": three good photos and every kind of bad answer.
@@ -209,8 +210,8 @@ def test_google_end_to_end(web, chromium_path, tmp_path, monkeypatch):
 
     # Nothing outside the dataset changed but its lock beside it (imgclf.locks): empty, and the
     # file naming its holder gone with the run.
-    lock = root.parent / f".{root.name}.lock"
-    assert lock.stat().st_size == 0 and not lock.with_name(lock.name + ".json").exists()
+    lock, holder = lock_paths(root)
+    assert lock.stat().st_size == 0 and not holder.exists()
     with_lock = before | {lock.relative_to(tmp_path).as_posix(): snapshot_of(lock)}
     assert snapshot(tmp_path, skip=root) == with_lock
     assert list(cwd.iterdir()) == []

@@ -3,14 +3,13 @@ the storage URL's password never reaches a log or a file."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import optuna
 import pytest
 import pytorch_lightning.callbacks
 import yaml
-from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script
+from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script, search_spaces_env
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
@@ -259,9 +258,8 @@ def test_a_crafted_trial_in_a_shared_study_never_becomes_best_hparams(tmp_path, 
     shared.add_trial(create_trial(params={}, distributions={}, value=0.98))  # would write nothing
     # custom_search_space's define-by-run parameter belongs to the sweep's space too
     custom = "hydra.sweeper.custom_search_space=search_spaces.batch_size"
-    tests = os.pathsep.join(p for p in (str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     result = run_script(
-        "train", *tiny_sweep(small_digits_root, model_dir, 4, custom), env={"PYTHONPATH": tests}
+        "train", *tiny_sweep(small_digits_root, model_dir, 4, custom), env=search_spaces_env()
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
@@ -350,9 +348,7 @@ def test_the_custom_search_space_must_be_the_users_own_function(
 ):
     model_dir = tmp_path / "model"
     extra = f"hydra.sweeper.custom_search_space={function}"
-    tests = str(REPO_ROOT / "tests")  # where search_spaces.py is
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
-    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 1, extra), env=env)
+    result = run_script("train", *tiny_sweep(small_digits_root, model_dir, 1, extra), env=search_spaces_env())
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

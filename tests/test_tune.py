@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, require, run_script
+from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, require, run_script, search_spaces_env
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -75,10 +74,10 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
     model_dir = tmp_path / "model"
     # A config group is a categorical parameter; custom_search_space adds one define-by-run.
     extra = ["logger=choice(csv,none)", "hydra.sweeper.custom_search_space=search_spaces.batch_size"]
-    tests = str(REPO_ROOT / "tests")
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
     result = run_script(
-        "train", *sweep_args(small_digits_root, model_dir, backbone_weights, 3, *extra), env=env
+        "train",
+        *sweep_args(small_digits_root, model_dir, backbone_weights, 3, *extra),
+        env=search_spaces_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     trials = study(model_dir).get_trials(states=(TrialState.COMPLETE,))
