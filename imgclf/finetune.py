@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 # BatchNorm in every form (SyncBatchNorm under DDP with sync_batchnorm)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+from imgclf.timm_backbones import BATCH_NORMS
 
 
 def top_blocks(backbone: nn.Module, names: Sequence[str]) -> list[nn.Module]:

@@ -37,7 +37,8 @@ HUB = "hub"
 # staged fine-tuning unfreezes this many of the network's last coarse parameter groups (timm's
 # ``group_matcher``: a stage of a convnet, a block of a transformer)
 FINE_TUNE_GROUPS = 2
-BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
+# every BatchNorm (timm's BatchNormAct2d is a BatchNorm2d); staged fine-tuning keeps them frozen
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def is_timm(backbone: Mapping[str, Any]) -> bool:
