@@ -20,7 +20,6 @@ Random weights: the speed of a network does not depend on its values.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,18 +28,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imgclf.data.folders import ImageDataset
+from imgclf.data.transforms import eval_transform
+from imgclf.hardware import cpu_has_fast_bf16, describe_machine, resolve_precision
+from imgclf.inference.predict import Predictor, backbone_forward, run_network
+from imgclf.models.backbones import weights_enum
+from imgclf.models.classifier import ImageClassifier
+from imgclf.testing import backbone_config, backbone_names
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from imgclf.backbones import weights_enum  # noqa: E402
-from imgclf.folders import ImageDataset  # noqa: E402
-from imgclf.hardware import cpu_has_fast_bf16, describe_machine, resolve_precision  # noqa: E402
-from imgclf.model import ImageClassifier  # noqa: E402
-from imgclf.predict import Predictor, backbone_forward, run_network  # noqa: E402
-from imgclf.transforms import eval_transform  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tests"))  # the backbone configs are listed and read there
-from conftest import backbone_config, backbone_names  # noqa: E402
 
 BACKBONES = backbone_names()
 

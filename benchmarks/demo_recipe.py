@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgclf.hardware import CPU_MODES, describe_machine
 
-from imgclf.hardware import CPU_MODES, describe_machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def script(name: str, args: list[str], env: dict[str, str]) -> str:
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args()
 
-    from imgclf.demo import make_digits_dataset
+    from imgclf.data.demo import make_digits_dataset
 
     print(f"# demo_recipe: {describe_machine()}")
     print(f"recipe: +experiment=digits {' '.join(args.overrides)}\n")

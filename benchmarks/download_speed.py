@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgclf.scrape.downloader import DownloadSettings, download, make_client
+from imgclf.scrape.engines import ImageHit
+from imgclf.scrape.store import DatasetStore, Origin
+from imgclf.testing.scrape_fixture.images import Route, encode, picture
+from imgclf.testing.scrape_fixture.server import FixtureServer
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fixture server lives with the tests
 
-from scrape_fixture.images import Route, encode, picture  # noqa: E402
-from scrape_fixture.server import FixtureServer  # noqa: E402
-
-from imgclf.scrape.downloader import DownloadSettings, download, make_client  # noqa: E402
-from imgclf.scrape.engines import ImageHit  # noqa: E402
-from imgclf.scrape.store import DatasetStore, Origin  # noqa: E402
 
 GOAL = 5.0
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgclf.hardware import describe_machine
 
-from imgclf.hardware import describe_machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 DIM = 2048
 CHUNK_ROWS = 65536
@@ -43,7 +43,7 @@ CHUNK_ROWS = 65536
 def feature_pass(images: int, tmp: Path) -> None:
     from torchvision.models import inception_v3
 
-    from imgclf.demo import make_digits_dataset
+    from imgclf.data.demo import make_digits_dataset
 
     data = tmp / "digits"
     # train and val (80 % of each class) are what the feature pass computes
@@ -96,7 +96,7 @@ def feature_pass(images: int, tmp: Path) -> None:
 
 def build_store(directory: Path, rows: int) -> None:
     """A published store of ``rows`` random fp16 training features (and a small val split)."""
-    from imgclf.store import chunk_names, publish
+    from imgclf.training.feature_store import chunk_names, publish
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -145,8 +145,8 @@ def epoch(directory: str, mode: str, batch_size: int) -> None:
     """One head-training epoch over the store's train split; prints a JSON line (child process)."""
     from torch.utils.data import DataLoader
 
-    from imgclf.model import MLPHead
-    from imgclf.store import FeatureStore, StoreBatches, StoreSampler
+    from imgclf.models.classifier import MLPHead
+    from imgclf.training.feature_store import FeatureStore, StoreBatches, StoreSampler
 
     head = MLPHead(DIM, 10)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3, fused=True)

@@ -25,18 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+
+from imgclf.models.classifier import ImageClassifier
+from imgclf.testing import backbone_config as backbone
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from imgclf.model import ImageClassifier  # noqa: E402
 
 BACKBONES = sorted(p.stem for p in (ROOT / "conf" / "model" / "backbone").glob("*.yaml"))  # every one offered
-
-
-def backbone(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "backbone" / f"{name}.yaml"))
 
 
 def timed(step, repeats: int) -> float:
@@ -128,7 +124,7 @@ def train_script(args: list[str], log: Path) -> tuple[float, str]:
 
 
 def end_to_end(out: Path) -> None:
-    from imgclf.demo import make_digits_dataset
+    from imgclf.data.demo import make_digits_dataset
 
     print("\n## 3. scripts/train.py on the digits (1,078 training images)\n")
     print("| run | wall s (process start to exit) | result | feature store |")

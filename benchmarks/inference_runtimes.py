@@ -8,7 +8,7 @@
    scikit-learn's digits written out as images.
 2. Model: ``--model`` (a trained ``model.ckpt``), else an Inception v3 at ``--image-size`` with
    random weights whose batch norm and last layer are calibrated on the training photos
-   (tests/calibrated.py), so that its classes differ. No download.
+   (imgclf/testing/calibrated.py), so that its classes differ. No download.
 3. Export: ``model.onnx`` and ``model.int8.onnx`` (static, QDQ, per-channel int8 weights, uint8
    activations calibrated on ``--calibration-images`` training photos), with imgclf's export code
    and its default settings; the int8 file is measured whatever its agreement.
@@ -38,20 +38,19 @@ from pathlib import Path
 
 import torch
 
-from imgclf.checkpoint import load_model
-from imgclf.demo import make_digits_dataset
-from imgclf.export import quantize_int8, split_dataset, to_onnx, with_metadata
+from imgclf.data.demo import make_digits_dataset
+from imgclf.data.hashing import sha256_file
+from imgclf.data.images import load_image
 from imgclf.hardware import cpu_features, cpu_has_fast_bf16, describe_machine
-from imgclf.hashing import sha256_file
-from imgclf.images import load_image
-from imgclf.predict import Predictor, PredictorBase
-from imgclf.runtimes import INT8_NAME, ONNX_NAME, OnnxPredictor
+from imgclf.inference.export import quantize_int8, split_dataset, to_onnx, with_metadata
+from imgclf.inference.predict import Predictor, PredictorBase
+from imgclf.inference.runtimes import INT8_NAME, ONNX_NAME, OnnxPredictor
+from imgclf.models.checkpoint import load_model
+from imgclf.testing import backbone_config
+from imgclf.testing.calibrated import calibrated_classifier, folder_images, save_classifier
+from imgclf.testing.processes import drive, start_serve, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the calibrated model and server helpers live there
-from calibrated import calibrated_classifier, folder_images, save_classifier  # noqa: E402
-from conftest import backbone_config  # noqa: E402
-from processes import drive, start_serve, stop  # noqa: E402
 
 HOCKEY = REPO_ROOT.parent / "shared" / "data" / "real-hockey"
 BATCHES = (1, 8)

@@ -21,10 +21,10 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgclf.hardware import CPU_MODES, describe_machine
 
-from imgclf.hardware import CPU_MODES, describe_machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 TESTS = [
     "tests/test_end_to_end.py::test_digits_train_eval_classify",

@@ -30,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgclf.hardware import describe_machine
 
-from imgclf.hardware import describe_machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 HOCKEY = ROOT.parent / "shared" / "data" / "real-hockey"
 
@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = args.data or (HOCKEY if HOCKEY.is_dir() else None)
         if source is None:
-            from imgclf.demo import make_digits_dataset
+            from imgclf.data.demo import make_digits_dataset
 
             source = Path(tmp) / "digits"
             make_digits_dataset(source)

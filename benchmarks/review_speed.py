@@ -14,7 +14,6 @@ Labels are checked with ``labels.features=pixels``: the backbone's cost is Incep
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SIZES = (1000, 2000, 4000)
 SIDE = 64
@@ -68,7 +66,7 @@ def review_seconds(root: Path, work: Path) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from imgclf.review.run import review
+    from imgclf.review.reviewer import review
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -112,8 +110,8 @@ def index_seconds(pictures: list[tuple[Path, str]], radius: int = 8) -> dict[str
 
     Also counts the pairs within ``radius`` bits, which both must return.
     """
-    from imgclf.hashing import NearDuplicateIndex, perceptual_hash
-    from imgclf.images import load_image
+    from imgclf.data.hashing import NearDuplicateIndex, perceptual_hash
+    from imgclf.data.images import load_image
 
     hashes = [perceptual_hash(load_image(path)) for path, _ in pictures]
     indexes = {"NearDuplicateIndex (banded)": NearDuplicateIndex, "linear scan": LinearScan}

@@ -9,7 +9,7 @@
 2. Starts the server on loopback with conf/serve.yaml's defaults, except ``precision`` (bf16 by
    default, the served path the goals are about; what ``precision=auto`` would pick is reported).
 3. Drives it from a second process with a bounded number of requests, alternating with the
-   benchmark process's own :class:`imgclf.predict.Predictor` doing what the server's worker does
+   benchmark process's own :class:`imgclf.inference.predict.Predictor` doing what the server's worker does
    (decode, preprocess, model) on the same uploads, because a shared machine drifts in speed:
    single requests against single images (concurrency 1), rounds of concurrency 8 against batches
    of the server's ``max_batch_size``; then concurrency 32 once.
@@ -47,17 +47,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from imgclf.checkpoint import export_model
+from imgclf.data.images import load_image
+from imgclf.data.transforms import eval_transform
 from imgclf.hardware import describe_machine
-from imgclf.images import load_image
-from imgclf.model import ImageClassifier
-from imgclf.predict import Predictor
-from imgclf.transforms import eval_transform
+from imgclf.inference.predict import Predictor
+from imgclf.models.checkpoint import export_model
+from imgclf.models.classifier import ImageClassifier
+from imgclf.testing.processes import drive, start_serve, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INCEPTION = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/backbone/inception_v3.yaml"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the server helpers live with the tests
-from processes import drive, start_serve, stop  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZE = 8  # conf/serve.yaml's max_batch_size, which the server runs with

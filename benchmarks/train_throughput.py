@@ -23,7 +23,7 @@ from PIL import Image
 
 from imgclf.config import build
 from imgclf.hardware import cpu_has_fast_bf16, describe_machine
-from imgclf.module import ClassifierModule
+from imgclf.training.module import ClassifierModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgclf.hardware import describe_machine
 
-from imgclf.hardware import describe_machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 HOCKEY = ROOT.parent / "shared" / "data" / "real-hockey"
 
@@ -54,14 +54,14 @@ RUNS = {
 
 def probe(root: Path, backbone_name: str) -> tuple[float, int, int, float]:
     """Logistic regression on frozen pooled features: (accuracy, right, total, seconds)."""
-    from gpu import backbone as backbone_config
     from sklearn.linear_model import LogisticRegression
 
-    from imgclf.backbones import fetch_weights
-    from imgclf.folders import ImageDataset, list_split
-    from imgclf.model import ImageClassifier
-    from imgclf.predict import backbone_forward, run_network
-    from imgclf.transforms import eval_transform
+    from imgclf.data.folders import ImageDataset, list_split
+    from imgclf.data.transforms import eval_transform
+    from imgclf.inference.predict import backbone_forward, run_network
+    from imgclf.models.backbones import fetch_weights
+    from imgclf.models.classifier import ImageClassifier
+    from imgclf.testing import backbone_config
 
     started = time.perf_counter()
     backbone = backbone_config(backbone_name)
@@ -108,7 +108,7 @@ def main() -> None:
         if root is None and HOCKEY.is_dir():
             root = HOCKEY
         if root is None:
-            from imgclf.demo import make_digits_dataset
+            from imgclf.data.demo import make_digits_dataset
 
             root = Path(tmp) / "digits"
             make_digits_dataset(root)

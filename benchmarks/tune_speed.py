@@ -23,10 +23,9 @@ from pathlib import Path
 import optuna
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgclf.hardware import describe_machine
 
-from imgclf.hardware import describe_machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> None:
@@ -57,10 +56,9 @@ def digits_weights(tmp: Path, data: Path, common: list[str]) -> Path:
 
 def installed_weights(backbone: str) -> Path | None:
     """The backbone's ImageNet weights when a package installed them (no download), else None."""
-    from gpu import backbone as backbone_config
-
-    from imgclf.backbones import fetch_weights
     from imgclf.errors import ImgclfError
+    from imgclf.models.backbones import fetch_weights
+    from imgclf.testing import backbone_config
 
     try:
         return Path(fetch_weights(backbone_config(backbone), allow_download=False))
@@ -73,7 +71,7 @@ def compare_sweeps(
 ) -> dict[str, float]:
     """Both sweeps on the digits (all 1,797, or ``per_class`` of each digit); their wall times and
     best validation accuracies."""
-    from imgclf.demo import make_digits_dataset
+    from imgclf.data.demo import make_digits_dataset
 
     data = tmp / "digits"
     make_digits_dataset(data, size=32, per_class=per_class)

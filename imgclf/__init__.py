@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 
 def _crop_size(backbone) -> int:
-    from imgclf.backbones import default_image_size
+    from imgclf.models.backbones import default_image_size
 
     return default_image_size(backbone)
 

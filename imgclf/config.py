@@ -37,12 +37,12 @@ def train_targets() -> dict[str, type]:
     import torch.optim.lr_scheduler
     from pytorch_lightning import callbacks, loggers
 
-    from imgclf.data import ImageFolderDataModule
-    from imgclf.module import ClassifierModule
+    from imgclf.data.datamodule import ImageFolderDataModule
+    from imgclf.training.module import ClassifierModule
 
     return {
-        "imgclf.module.ClassifierModule": ClassifierModule,
-        "imgclf.data.ImageFolderDataModule": ImageFolderDataModule,
+        "imgclf.training.module.ClassifierModule": ClassifierModule,
+        "imgclf.data.datamodule.ImageFolderDataModule": ImageFolderDataModule,
         "pytorch_lightning.Trainer": pl.Trainer,
         "pytorch_lightning.callbacks.ModelCheckpoint": callbacks.ModelCheckpoint,
         "pytorch_lightning.callbacks.EarlyStopping": callbacks.EarlyStopping,

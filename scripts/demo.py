@@ -16,9 +16,9 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from imgclf.backbones import fetch_weights  # noqa: E402
-from imgclf.demo import make_digits_dataset  # noqa: E402
+from imgclf.data.demo import make_digits_dataset  # noqa: E402
 from imgclf.errors import ImgclfError  # noqa: E402
+from imgclf.models.backbones import fetch_weights  # noqa: E402
 
 BACKBONE = OmegaConf.to_container(
     OmegaConf.load(ROOT / "conf" / "model" / "backbone" / "efficientnet_lite0.yaml")

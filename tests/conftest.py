@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from imgclf.testing import IN_CI, REPO_ROOT, backbone_config, backbone_names, require  # noqa: F401
 
 
 def pytest_report_header(config) -> str:
@@ -25,16 +24,6 @@ def seeded(default: int) -> int:
     precisions, to measure the spread their thresholds rest on."""
     value = os.environ.get("IMGCLF_TEST_SEED")
     return default if value is None else int(value)
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip locally, fail in CI, when something a test needs is missing."""
-    if condition:
-        return
-    message = f"{what} is missing; `make test` installs it (see .ci/system-deps.sh)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -76,18 +65,6 @@ def compose(config_name: str, overrides: list[str] | None = None, output_dir: Pa
     return cfg
 
 
-def backbone_names() -> list[str]:
-    """Every backbone ``model/backbone=`` offers: the configs in ``conf/model/backbone/``."""
-    return sorted(p.stem for p in (REPO_ROOT / "conf" / "model" / "backbone").glob("*.yaml"))
-
-
-def backbone_config(name: str) -> dict:
-    """``conf/model/backbone/NAME.yaml`` as the plain mapping the model takes."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / "backbone" / f"{name}.yaml"))
-
-
 # Small enough for a 2-core CI machine, big enough to learn: the network sees 75 px images.
 FAST_TRAIN = [
     "model.pretrained=false",
@@ -105,7 +82,7 @@ FAST_TRAIN = [
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory) -> Path:
     """All ten digit classes, 1,797 real images split 60/20/20."""
-    from imgclf.demo import make_digits_dataset
+    from imgclf.data.demo import make_digits_dataset
 
     root = tmp_path_factory.mktemp("digits") / "dataset"
     make_digits_dataset(root, size=32)
@@ -115,7 +92,7 @@ def digits_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_digits_root(tmp_path_factory) -> Path:
     """Three digit classes, 30 images each (18 train, 6 val, 6 test)."""
-    from imgclf.demo import make_digits_dataset
+    from imgclf.data.demo import make_digits_dataset
 
     root = tmp_path_factory.mktemp("small_digits") / "dataset"
     make_digits_dataset(root, size=32, labels=(0, 1, 7), per_class=30)
@@ -123,7 +100,7 @@ def small_digits_root(tmp_path_factory) -> Path:
 
 
 def train_model(data_root: Path, model_dir: Path, extra: list[str] | None = None) -> Path:
-    from imgclf.train import train
+    from imgclf.training.train import train
 
     overrides = FAST_TRAIN + [f"data.root={data_root}", f"paths.model_dir={model_dir}"] + (extra or [])
     train(compose("train", overrides, output_dir=model_dir / "run"))

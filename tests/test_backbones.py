@@ -13,17 +13,17 @@ import pytorch_lightning as pl
 import timm
 import torch
 from conftest import FAST_TRAIN, backbone_config, backbone_names, compose, run_script
-from processes import start_serve, stop
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import get_model_builder, get_weight
 
-from imgclf.backbones import default_image_size, fetch_weights, preprocessing
-from imgclf.checkpoint import read_model
 from imgclf.config import build
 from imgclf.errors import ImgclfError
-from imgclf.finetune import StagedFineTuning
-from imgclf.module import ClassifierModule
-from imgclf.train import train
+from imgclf.models.backbones import default_image_size, fetch_weights, preprocessing
+from imgclf.models.checkpoint import read_model
+from imgclf.testing.processes import start_serve, stop
+from imgclf.training.finetune import StagedFineTuning
+from imgclf.training.module import ClassifierModule
+from imgclf.training.train import train
 
 # The smallest size that works for each (Inception v3 needs 75 px), to keep CI short.
 SIZES = {

@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST_TRAIN, compose, run_script
 
 from imgclf.errors import ImgclfError
-from imgclf.train import train
+from imgclf.training.train import train
 
 
 def copy_dataset(source: Path, target: Path) -> Path:
@@ -85,7 +85,7 @@ def test_files_are_judged_by_content_not_name(tmp_path, small_digits_root, caplo
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "train: skipped 3 file(s) that are not images" in messages
 
-    from imgclf.folders import list_split
+    from imgclf.data.folders import list_split
 
     listing = list_split(root, "train")
     assert sorted(p.name for p in listing.skipped["not an image"]) == ["empty.png", "fake.jpg", "notes.txt"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from conftest import compose, run_script
+from conftest import REPO_ROOT, compose, run_script
 from omegaconf import OmegaConf
 
 from imgclf.config import build
@@ -96,6 +98,61 @@ def test_scripts_start_without_hydra_warnings(script):
     result = run_script(script, "--cfg", "job")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Warning" not in result.stderr and "version_base" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "eval", "classify", "review", "scrape", "pipeline", "export", "serve"]
+)
+def test_the_imgclf_command_composes_what_the_script_composes(command, tmp_path):
+    """``imgclf <command>`` (the console script) and ``python scripts/<command>.py`` (``serve.py``)
+    are one function: the same config from the same overrides, wherever the command runs from."""
+    import subprocess
+    import sys
+
+    script = "serve.py" if command == "serve" else f"scripts/{command}.py"
+    overrides = ["--cfg", "job", "seed=7"] if command in ("train", "pipeline") else ["--cfg", "job"]
+    by_script = subprocess.run(
+        [sys.executable, script, *overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    imgclf = Path(sys.executable).with_name("imgclf")
+    by_command = subprocess.run(
+        [str(imgclf), command, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert by_script.returncode == 0 and by_command.returncode == 0, by_command.stderr[-2000:]
+    assert by_command.stdout == by_script.stdout and f"task_name: {command}" in by_command.stdout
+
+
+def test_the_imgclf_command_lists_its_commands_and_refuses_others():
+    import subprocess
+    import sys
+
+    listing = subprocess.run([sys.executable, "-m", "imgclf"], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0
+    for command in ("scrape", "review", "train", "eval", "export", "classify", "serve", "pipeline"):
+        assert f"  {command} " in listing.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "imgclf", "trian"], capture_output=True, text=True, timeout=120
+    )
+    assert wrong.returncode == 2 and "no command 'trian'" in wrong.stderr and "  train " in wrong.stderr
+
+
+def test_the_configs_are_found_by_variable_clone_or_working_directory(tmp_path, monkeypatch):
+    """$IMGCLF_CONF_DIR comes first, then the clone's conf/, then ./conf (the Docker image's
+    layout); none of them: one line naming where it looked, not a traceback."""
+    import shutil
+
+    from imgclf.cli.hydra_edge import conf_dir, first_conf_dir
+
+    assert conf_dir() == REPO_ROOT / "conf"
+    mine = tmp_path / "my_conf"
+    shutil.copytree(REPO_ROOT / "conf", mine)
+    monkeypatch.setenv("IMGCLF_CONF_DIR", str(mine))
+    assert conf_dir() == mine
+    empty, elsewhere = tmp_path / "empty", tmp_path / "elsewhere" / "conf"
+    empty.mkdir()
+    assert first_conf_dir([empty, mine]) == mine
+    with pytest.raises(SystemExit, match=f"not in {empty}, {elsewhere}; run from a clone.*IMGCLF_CONF_DIR"):
+        first_conf_dir([empty, elsewhere])
 
 
 def test_callbacks_instantiate(tmp_path):

@@ -15,10 +15,10 @@ from conftest import compose, run_script
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from imgclf.data.images import load_image
 from imgclf.errors import ImgclfError
-from imgclf.evaluate import evaluate
-from imgclf.images import load_image
-from imgclf.predict import Predictor
+from imgclf.inference.evaluate import evaluate
+from imgclf.inference.predict import Predictor
 
 
 def eval_cfg(model: Path, root: Path, report_dir: Path, *extra: str):
@@ -135,7 +135,7 @@ def test_numbers_agree_with_a_direct_computation(evaluated, tiny_model, small_di
 
 def test_report_math_on_known_arrays():
     """The tiny model is nearly constant; these arrays exercise every bin and pair."""
-    from imgclf.metrics import classification_metrics, most_confused_pairs, top_loss_entries
+    from imgclf.inference.metrics import classification_metrics, most_confused_pairs, top_loss_entries
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(400, 4)) * 3

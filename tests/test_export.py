@@ -1,7 +1,7 @@
 """ONNX export and the ONNX Runtime path of classify, eval and serve, on real files and processes.
 
 The model is an Inception v3 at 75 px with random weights whose batch norm and last layer are
-calibrated on the digits (tests/calibrated.py), so that its classes differ from image to image.
+calibrated on the digits (imgclf/testing/calibrated.py), so that its classes differ from image to image.
 ``scripts/export.py`` exports it once for the module; int8 is tried on it too (and refused: a
 random network's features do not survive int8, see test_int8_refused_below_the_threshold).
 """
@@ -22,14 +22,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from calibrated import calibrated_classifier, folder_images, save_classifier
 from conftest import REPO_ROOT, backbone_config, compose, require, run_script, seeded
 from PIL import Image
-from processes import start_serve, stop
 
-from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
-from imgclf.predict import Predictor
+from imgclf.inference.predict import Predictor
+from imgclf.models.checkpoint import read_model
+from imgclf.testing.calibrated import calibrated_classifier, folder_images, save_classifier
+from imgclf.testing.processes import start_serve, stop
 
 SIZE = 75
 FAST = ["num_workers=0", "batch_size=8"]
@@ -106,7 +106,7 @@ def test_export_script_writes_a_checked_self_describing_file(exported):
 
 
 def test_onnx_runtime_answers_as_pytorch(exported, test_images):
-    from imgclf.runtimes import OnnxPredictor
+    from imgclf.inference.runtimes import OnnxPredictor
 
     folder, _ = exported
     torch_predictor = Predictor.from_file(folder / "model.ckpt", precision="fp32")
@@ -135,7 +135,7 @@ def test_no_lightning_on_the_onnx_path(exported, test_images):
     code = textwrap.dedent(
         f"""
         import sys
-        from imgclf.runtimes import load_predictor
+        from imgclf.inference.runtimes import load_predictor
         predictor = load_predictor({str(folder)!r}, runtime="onnx")
         print(predictor.classify([{str(test_images[0])!r}]))
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning"))
@@ -149,7 +149,7 @@ def test_no_lightning_on_the_onnx_path(exported, test_images):
 def classify_script(folder: Path, runtime: str, *images: Path) -> subprocess.CompletedProcess:
     img = f"img=[{','.join(str(p) for p in images)}]" if len(images) > 1 else f"img={images[0]}"
     ckpt = f"ckpt_path={folder / 'model.ckpt'}"
-    # fp32 both: this random network's answers are too fragile for bf16 (tests/calibrated.py)
+    # fp32 both: this random network's answers are too fragile for bf16 (imgclf/testing/calibrated.py)
     return run_script("classify", ckpt, img, f"runtime={runtime}", "precision=fp32", timeout=300)
 
 
@@ -177,7 +177,7 @@ def test_classify_script_same_answers_with_onnx(exported, test_images, tmp_path)
 
 
 def test_eval_same_report_with_onnx(exported, small_digits_root, tmp_path):
-    from imgclf.evaluate import evaluate
+    from imgclf.inference.evaluate import evaluate
 
     folder, _ = exported
     metrics = {}
@@ -203,7 +203,7 @@ def test_eval_same_report_with_onnx(exported, small_digits_root, tmp_path):
 
 
 def test_serve_with_onnx_runtime(exported, test_images, tmp_path):
-    from imgclf.runtimes import OnnxPredictor
+    from imgclf.inference.runtimes import OnnxPredictor
 
     folder, _ = exported
     log_path = tmp_path / "server.log"
@@ -257,7 +257,7 @@ def test_int8_kept_only_at_the_threshold(exported, small_digits_root, tmp_path, 
     file (and removes an older one); the agreement it measured, as ``min_agreement``, keeps it (the
     same calibration gives the same int8 network), and ``runtime=auto`` then picks it.
     """
-    from imgclf.export import export
+    from imgclf.inference.export import export
 
     folder = copy_model(exported[0], tmp_path / "model", "model.onnx")
     (folder / "model.int8.onnx").write_bytes((folder / "model.onnx").read_bytes())  # an older export
@@ -304,7 +304,7 @@ def test_int8_kept_only_at_the_threshold(exported, small_digits_root, tmp_path, 
 
 
 def choose(folder: Path, runtime: str, precision: str = "auto"):
-    from imgclf.runtimes import choose_model
+    from imgclf.inference.runtimes import choose_model
 
     return choose_model(folder / "model.ckpt", runtime, precision)
 
@@ -322,8 +322,8 @@ def rewrite_check(path: Path, **changes) -> None:
 
 
 def test_runtime_choice(exported, tmp_path, caplog, record_property):
-    from imgclf.checkpoint import export_model, load_model
-    from imgclf.runtimes import choose_model
+    from imgclf.inference.runtimes import choose_model
+    from imgclf.models.checkpoint import export_model, load_model
 
     folder = copy_model(exported[0], tmp_path / "model", "model.onnx")
     assert choose(folder, "torch").runtime == "torch"
@@ -350,7 +350,7 @@ def test_runtime_choice(exported, tmp_path, caplog, record_property):
 
     rewrite_check(folder / "model.onnx", verified=False, top1_agreement=0.5)
     assert "did not pass its export check (top-1 agreement 50.00%" in choose(folder, "auto", "fp32").reason
-    with caplog.at_level("WARNING", logger="imgclf.runtimes"):
+    with caplog.at_level("WARNING", logger="imgclf.inference.runtimes"):
         assert choose(folder, "onnx").path == folder / "model.onnx"
     assert "runtime=onnx uses it all the same" in caplog.text
 
@@ -373,8 +373,8 @@ def test_runtime_choice(exported, tmp_path, caplog, record_property):
 def test_missing_onnxruntime_is_a_clear_error(
     exported, test_images, small_digits_root, tmp_path, monkeypatch
 ):
-    from imgclf.export import export
-    from imgclf.runtimes import load_predictor
+    from imgclf.inference.export import export
+    from imgclf.inference.runtimes import load_predictor
 
     folder, _ = exported
     # Where onnxruntime is not installed (a shadow package that fails to import stands in for it):
@@ -403,8 +403,8 @@ def test_missing_onnxruntime_is_a_clear_error(
 )
 def test_every_backbone_exports(backbone, small_digits_root, tmp_path, test_images):
     """Inception v3 is the module's model; each other backbone exports and answers as in PyTorch."""
-    from imgclf.export import export
-    from imgclf.runtimes import OnnxPredictor
+    from imgclf.inference.export import export
+    from imgclf.inference.runtimes import OnnxPredictor
 
     folder = tmp_path / backbone
     calibrated_folder(folder, small_digits_root, backbone, 64)
@@ -430,7 +430,7 @@ def readme_snippet() -> str:
 
 def test_readme_snippet_classifies_with_onnxruntime_alone(exported, small_digits_root, tmp_path):
     """docs/deploying.md's numpy + Pillow example, run as written, answers as imgclf does."""
-    from imgclf.runtimes import OnnxPredictor
+    from imgclf.inference.runtimes import OnnxPredictor
 
     folder, _ = exported
     (tmp_path / "data" / "trained_model").mkdir(parents=True)
@@ -457,7 +457,7 @@ def test_readme_snippet_classifies_with_onnxruntime_alone(exported, small_digits
 
 
 def test_export_bad_settings_are_clear_errors(exported, small_digits_root, tmp_path):
-    from imgclf.export import export
+    from imgclf.inference.export import export
 
     folder, _ = exported
     for model, root, overrides, message in (

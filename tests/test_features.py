@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST_TRAIN, backbone_config, compose, run_script, seeded
-from processes import start_script
 from torchvision.models import inception_v3
 
-from imgclf.checkpoint import read_model
-from imgclf.data import ImageFolderDataModule
+from imgclf.data.datamodule import ImageFolderDataModule
 from imgclf.errors import ImgclfError
-from imgclf.features import FeatureExtraction
-from imgclf.model import ImageClassifier
-from imgclf.predict import backbone_forward
-from imgclf.store import FeatureStore, StoreSampler
-from imgclf.train import train
+from imgclf.inference.predict import backbone_forward
+from imgclf.models.checkpoint import read_model
+from imgclf.models.classifier import ImageClassifier
+from imgclf.testing.processes import start_script
+from imgclf.training.feature_store import FeatureStore, StoreSampler
+from imgclf.training.features import FeatureExtraction
+from imgclf.training.train import train
 
 INCEPTION = backbone_config("inception_v3")
 
@@ -115,7 +115,7 @@ def test_building_and_reusing_runs_train_the_same_head(tmp_path, small_digits_ro
     heads = []
     for run in ("build", "reuse"):
         model_dir = tmp_path / run
-        with caplog.at_level("INFO", logger="imgclf.features"):
+        with caplog.at_level("INFO", logger="imgclf.training.features"):
             train(
                 compose(
                     "train",

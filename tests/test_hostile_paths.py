@@ -22,15 +22,15 @@ from conftest import REPO_ROOT, compose
 from test_review_quarantine import run as review_run
 from test_review_quarantine import snapshot
 
+from imgclf.data.folders import list_split
 from imgclf.errors import ImgclfError
-from imgclf.folders import list_split
 from imgclf.io import move_no_replace
 from imgclf.locks import exclusive, lock_paths
 from imgclf.pipeline.state import State, tree_digest
 from imgclf.review.quarantine import LOG_NAME, in_quarantine, quarantine_dir, undo
 from imgclf.review.scan import dataset_files
 from imgclf.scrape.manifest import append_row, read_manifest
-from imgclf.scrape.run import top_up, weakest_classes
+from imgclf.scrape.scraper import top_up, weakest_classes
 from imgclf.scrape.store import DatasetStore, Origin
 
 CSV = "search_term,number_imgs,folder_name,train_val\ncats,2,cats,train\n"
@@ -431,7 +431,7 @@ def test_deeply_nested_json_in_a_result_page_is_not_data(tmp_path):
 def test_a_stage_result_of_another_shape_is_a_clear_error_in_the_summary(tmp_path):
     """A hand-edited state whose records pass their checks but whose results do not have the shape
     imgclf writes: the summary says which file, not a traceback."""
-    from imgclf.pipeline.run import Pipeline
+    from imgclf.pipeline.runner import Pipeline
 
     csv = tmp_path / "terms.csv"
     csv.write_text(CSV)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.images import ImageDecodeError, load_image
+from imgclf.data.images import ImageDecodeError, load_image
 from imgclf.scrape.downloader import DownloadSettings, Rejected, prepare
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.images import ImageDecodeError, load_image
+from imgclf.data.images import ImageDecodeError, load_image
 
 SIZE = (32, 24)
 WHITE = (255, 255, 255)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, compose
-from processes import interrupt_when
-from scrape_fixture import GoogleQuery
-from scrape_fixture.fixtures import TEST_OVERRIDES, fixture_server_fixture, web_fixture  # noqa: F401
 
-from imgclf.checkpoint import read_model
-from imgclf.pipeline.run import assign
+from imgclf.models.checkpoint import read_model
+from imgclf.pipeline.runner import assign
+from imgclf.testing.processes import interrupt_when
+from imgclf.testing.scrape_fixture import GoogleQuery
+from imgclf.testing.scrape_fixture.fixtures import TEST_OVERRIDES, fixture_server_fixture, web_fixture  # noqa: F401
 
 ORIGINAL_HEADER = "search_term,number_imgs,category,set\n"
 TRAIN = [

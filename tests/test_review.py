@@ -19,10 +19,10 @@ import pytest
 from conftest import REPO_ROOT, compose, launch_chromium, seeded, train_model
 from PIL import Image
 
-from imgclf.checkpoint import read_model
 from imgclf.errors import ImgclfError
+from imgclf.models.checkpoint import read_model
 from imgclf.review.findings import dataset_notes
-from imgclf.review.run import review
+from imgclf.review.reviewer import review
 
 PIXELS = ["labels.features=pixels"]
 
@@ -298,7 +298,7 @@ def test_a_pixel_review_starts_without_lightning(tmp_path, small_digits_root):
     imported = {
         line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
     }
-    assert "imgclf.review.run" in imported
+    assert "imgclf.review.reviewer" in imported
     assert not any(name.split(".")[0] in ("pytorch_lightning", "lightning") for name in imported)
 
 

@@ -11,7 +11,7 @@ from conftest import compose
 
 from imgclf.errors import ImgclfError
 from imgclf.review.quarantine import LOG_NAME, in_quarantine, quarantine_dir
-from imgclf.review.run import review
+from imgclf.review.reviewer import review
 
 NO_LABELS = ["labels.enabled=false"]
 

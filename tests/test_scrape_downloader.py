@@ -7,7 +7,6 @@ import io
 
 import pytest
 from PIL import Image
-from scrape_fixture.fixtures import fixture_server_fixture, web_fixture  # noqa: F401 - fixtures
 
 from imgclf.scrape.downloader import (
     DownloadSettings,
@@ -19,6 +18,7 @@ from imgclf.scrape.downloader import (
 )
 from imgclf.scrape.engines import ImageHit
 from imgclf.scrape.store import DatasetStore, Origin
+from imgclf.testing.scrape_fixture.fixtures import fixture_server_fixture, web_fixture  # noqa: F401 - fixtures
 
 
 def settings_for(server, **changes) -> DownloadSettings:

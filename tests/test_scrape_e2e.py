@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 from PIL import Image
-from scrape_fixture import GoogleQuery
-from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+
+from imgclf.data.hashing import hamming, hex_to_hash, perceptual_hash, sha256_file
+from imgclf.data.images import load_image
+from imgclf.locks import lock_paths
+from imgclf.scrape.scraper import scrape
+from imgclf.testing.scrape_fixture import GoogleQuery
+from imgclf.testing.scrape_fixture.fixtures import (  # noqa: F401 - fixtures
     HEADER,
     cli_overrides,
     fixture_server_fixture,
@@ -23,11 +28,6 @@ from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
     web_fixture,
     write_csv,
 )
-
-from imgclf.hashing import hamming, hex_to_hash, perceptual_hash, sha256_file
-from imgclf.images import load_image
-from imgclf.locks import lock_paths
-from imgclf.scrape.run import scrape
 
 # The first result page of "hockey player": three good photos and every kind of bad answer.
 HOCKEY_FIRST = [

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from scrape_fixture import pages
 
 from imgclf.scrape.engines import ImageHit, SearchSettings, make_engine
 from imgclf.scrape.engines.base import host_matches, is_image_candidate
 from imgclf.scrape.engines.google import extract_hits, json_values
+from imgclf.testing.scrape_fixture import pages
 
 IGNORE = ("gstatic.com", "google.com")
 

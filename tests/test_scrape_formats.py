@@ -7,17 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from scrape_fixture import GoogleQuery, pages
-from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+
+from imgclf.scrape.engines.google import extract_hits, related_searches
+from imgclf.scrape.scraper import scrape
+from imgclf.testing.scrape_fixture import GoogleQuery, pages
+from imgclf.testing.scrape_fixture.fixtures import (  # noqa: F401 - fixtures
     HEADER,
     fixture_server_fixture,
     scrape_config,
     web_fixture,
     write_csv,
 )
-
-from imgclf.scrape.engines.google import extract_hits, related_searches
-from imgclf.scrape.run import scrape
 
 
 def manifest(root: Path) -> list[dict]:

@@ -9,9 +9,8 @@ import random
 
 import pytest
 from PIL import Image
-from scrape_fixture.images import encode, picture
 
-from imgclf.hashing import (
+from imgclf.data.hashing import (
     NearDuplicateIndex,
     hamming,
     hash_to_hex,
@@ -23,6 +22,7 @@ from imgclf.hashing import (
 from imgclf.scrape.downloader import DownloadSettings, prepare
 from imgclf.scrape.manifest import append_row, read_manifest
 from imgclf.scrape.store import DatasetStore, Origin
+from imgclf.testing.scrape_fixture.images import encode, picture
 
 
 def test_sha256_helpers(tmp_path):

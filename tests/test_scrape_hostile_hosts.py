@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
-from scrape_fixture.fixtures import fixture_server_fixture, web_fixture  # noqa: F401 - fixtures
 
 from imgclf.scrape import downloader
 from imgclf.scrape.downloader import (
@@ -29,6 +28,7 @@ from imgclf.scrape.downloader import (
 )
 from imgclf.scrape.engines import ImageHit
 from imgclf.scrape.engines.base import url_problem
+from imgclf.testing.scrape_fixture.fixtures import fixture_server_fixture, web_fixture  # noqa: F401 - fixtures
 
 # A global address that nothing connects to: an HTTP proxy on loopback answers in its name.
 PUBLIC = "93.184.215.14"

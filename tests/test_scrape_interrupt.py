@@ -8,17 +8,17 @@ import sys
 
 import pytest
 from conftest import REPO_ROOT
-from processes import interrupt_when
-from scrape_fixture import GoogleQuery
-from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+
+from imgclf.data.images import load_image
+from imgclf.scrape.scraper import scrape
+from imgclf.testing.processes import interrupt_when
+from imgclf.testing.scrape_fixture import GoogleQuery
+from imgclf.testing.scrape_fixture.fixtures import (  # noqa: F401 - fixtures
     cli_overrides,
     fixture_server_fixture,
     scrape_config,
     web_fixture,
 )
-
-from imgclf.images import load_image
-from imgclf.scrape.run import scrape
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

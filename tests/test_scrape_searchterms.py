@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 from hydra import compose, initialize_config_dir
-from scrape_fixture.fixtures import HEADER
 
 from imgclf.errors import ImgclfError
-from imgclf.scrape.run import scrape
+from imgclf.scrape.scraper import scrape
 from imgclf.scrape.searchterms import (
     SearchTerm,
     SearchTermsError,
     read_searchterms,
     resolve_searchterms,
 )
+from imgclf.testing.scrape_fixture.fixtures import HEADER
 
 
 def write(tmp_path: Path, text: str) -> Path:

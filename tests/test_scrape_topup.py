@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
-from scrape_fixture import GoogleQuery
-from scrape_fixture.fixtures import (  # noqa: F401 - fixtures
+
+from imgclf.errors import ImgclfError
+from imgclf.scrape.browser import open_browser
+from imgclf.scrape.engines import SearchSettings, make_engine
+from imgclf.scrape.scraper import scrape, weakest_classes
+from imgclf.testing.scrape_fixture import GoogleQuery
+from imgclf.testing.scrape_fixture.fixtures import (  # noqa: F401 - fixtures
     HEADER,
     cli_overrides,
     fixture_server_fixture,
     scrape_config,
     web_fixture,
 )
-
-from imgclf.errors import ImgclfError
-from imgclf.scrape.browser import open_browser
-from imgclf.scrape.engines import SearchSettings, make_engine
-from imgclf.scrape.run import scrape, weakest_classes
 
 
 def manifest(root: Path) -> list[dict]:

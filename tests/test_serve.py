@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, compose, launch_chromium, run_script
 from PIL import Image
-from processes import free_port, living_group_members, start_serve, stop
 
 from imgclf.hardware import resolve_precision
+from imgclf.testing.processes import free_port, living_group_members, start_serve, stop
 
 MAX_BATCH = 4
 MAX_QUEUE = 2
@@ -45,7 +45,7 @@ def model_path(tiny_model, tmp_path_factory) -> Path:
     """
     import torch
 
-    from imgclf.checkpoint import export_model, load_model
+    from imgclf.models.checkpoint import export_model, load_model
 
     model, record = load_model(tiny_model)
     last = model.head.layers[-1]
@@ -508,7 +508,7 @@ def test_config_defaults(tmp_path):
 
 def test_missing_model_fails_before_serving(tmp_path):
     from imgclf.errors import ImgclfError
-    from imgclf.serving import build_server
+    from imgclf.serving.app import build_server
 
     cfg = compose("serve", [f"ckpt_path={tmp_path}/none.ckpt"], output_dir=tmp_path)
     with pytest.raises(ImgclfError, match="no trained model"):
@@ -517,7 +517,7 @@ def test_missing_model_fails_before_serving(tmp_path):
 
 def test_busy_port_is_a_clear_error():
     from imgclf.errors import ImgclfError
-    from imgclf.serving import check_port_free
+    from imgclf.serving.app import check_port_free
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -560,14 +560,14 @@ def test_missing_model_is_one_line_on_stderr(tmp_path):
 )
 def test_bad_settings_are_user_errors(tmp_path, override):
     from imgclf.errors import ImgclfError
-    from imgclf.serving import build_server
+    from imgclf.serving.app import build_server
 
     with pytest.raises(ImgclfError, match=override.split("=")[0]):
         build_server(compose("serve", [override], output_dir=tmp_path))
 
 
 def test_cpu_workers_share_the_cores(tmp_path):
-    from imgclf.serving import cpu_threads
+    from imgclf.serving.app import cpu_threads
 
     assert cpu_threads(compose("serve", [], output_dir=tmp_path)) is None
     two = compose("serve", ["workers_per_device=2"], output_dir=tmp_path)
@@ -589,7 +589,7 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
 
 
 def test_dockerfile_runs_serve_py_on_the_configured_port(tmp_path):
-    from imgclf.serving import HEALTH_PATH
+    from imgclf.serving.app import HEALTH_PATH
 
     cfg = compose("serve", output_dir=tmp_path)
     text = (REPO_ROOT / "Dockerfile").read_text()
@@ -612,7 +612,7 @@ def test_dockerfile_runs_serve_py_on_the_configured_port(tmp_path):
 def test_systemd_unit_stops_with_sigterm_and_restarts_on_worker_death(tmp_path):
     import configparser
 
-    from imgclf.lifecycle import WORKER_DIED
+    from imgclf.serving.lifecycle import WORKER_DIED
 
     cfg = compose("serve", output_dir=tmp_path)
     text = (REPO_ROOT / "deploy" / "imgclf-serve.service").read_text()

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from conftest import REPO_ROOT, backbone_config
 from PIL import Image
-from processes import HeldUpload, free_port, port_is_free, wait_for_group_to_end
+
+from imgclf.testing.processes import HeldUpload, free_port, port_is_free, wait_for_group_to_end
 
 HANG = 180  # seconds: a bound that only a hang reaches
 
@@ -28,8 +29,8 @@ HANG = 180  # seconds: a bound that only a hang reaches
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """An untrained network is enough: these tests are about processes, not answers."""
-    from imgclf.checkpoint import export_model
-    from imgclf.model import ImageClassifier
+    from imgclf.models.checkpoint import export_model
+    from imgclf.models.classifier import ImageClassifier
 
     model = ImageClassifier(backbone_config("inception_v3"), 3, image_size=75)
     return export_model(model, ["0", "1", "7"], tmp_path_factory.mktemp("lifecycle_model") / "model.ckpt", {})
@@ -168,7 +169,7 @@ def test_killed_worker_stops_the_server_with_one_line_and_status_3(model_path, t
 
 
 def children_running(pgid: int, word: str) -> list[str]:
-    from processes import living_group_members
+    from imgclf.testing.processes import living_group_members
 
     return [member for member in living_group_members(pgid) if word in member]
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from conftest import backbone_config, compose
 from PIL import Image
-from processes import start_serve, stop
+
+from imgclf.testing.processes import start_serve, stop
 
 API_KEY = "test-key-not-secret"
 KEY = {"X-API-Key": API_KEY}
@@ -35,8 +36,8 @@ HANG = 60  # seconds: a bound that only a hang reaches
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """An untrained network is enough: these tests are about what the server holds, not answers."""
-    from imgclf.checkpoint import export_model
-    from imgclf.model import ImageClassifier
+    from imgclf.models.checkpoint import export_model
+    from imgclf.models.classifier import ImageClassifier
 
     model = ImageClassifier(backbone_config("inception_v3"), 3, image_size=75)
     return export_model(model, ["0", "1", "7"], tmp_path_factory.mktemp("limits_model") / "model.ckpt", {})
@@ -237,7 +238,7 @@ def test_info_names_files_not_folders(client, model_path):
 def test_api_docs_are_off_unless_asked_for(client, model_path, tmp_path):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert client.get(path).status_code == 404, path
-    from imgclf.serving import build_server
+    from imgclf.serving.app import build_server
 
     on = build_server(compose("serve", [f"ckpt_path={model_path}", "api_docs=true"], output_dir=tmp_path))
     assert {"/docs", "/redoc", "/openapi.json"} <= {route.path for route in on.app.routes}

@@ -17,12 +17,12 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_sample_images
 from timm.data import ImageNetInfo
 
-from imgclf.backbones import fetch_weights
 from imgclf.config import build
+from imgclf.data.transforms import eval_transform
 from imgclf.errors import ImgclfError
-from imgclf.model import ImageClassifier
-from imgclf.timm_backbones import top_blocks_rule, translate_efficientnet_lite
-from imgclf.transforms import eval_transform
+from imgclf.models.backbones import fetch_weights
+from imgclf.models.classifier import ImageClassifier
+from imgclf.models.timm_backbones import top_blocks_rule, translate_efficientnet_lite
 
 LITE0 = backbone_config("efficientnet_lite0")
 

@@ -12,19 +12,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import FAST_TRAIN, backbone_config, compose, run_script, train_model
-from processes import start_script
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import inception_v3
 
-from imgclf.backbones import preprocessing, weights_file
-from imgclf.checkpoint import FORMAT, export_model, load_model, read_model
 from imgclf.errors import ImgclfError
-from imgclf.finetune import StagedFineTuning
-from imgclf.model import ImageClassifier
-from imgclf.module import ClassifierModule, inverse_frequency_weights
-from imgclf.stages import remove_own_checkpoints
-from imgclf.train import train
+from imgclf.models.backbones import preprocessing, weights_file
+from imgclf.models.checkpoint import FORMAT, export_model, load_model, read_model
+from imgclf.models.classifier import ImageClassifier
+from imgclf.testing.processes import start_script
+from imgclf.training.finetune import StagedFineTuning
+from imgclf.training.module import ClassifierModule, inverse_frequency_weights
+from imgclf.training.schedule import remove_own_checkpoints
+from imgclf.training.train import train
 
 INCEPTION = backbone_config("inception_v3")
 
@@ -94,7 +94,7 @@ def test_export_round_trips_and_refuses_a_class_list_of_the_wrong_length(tmp_pat
 def test_a_first_release_model_file_still_loads(tmp_path, tiny_model):
     record = torch.load(tiny_model, weights_only=True)
     old = {
-        "format": "imgclf.model/1",
+        "format": "imgclf.models.classifier/1",
         "classes": record["classes"],
         "preprocessing": record["preprocessing"],
         "architecture": {
@@ -347,7 +347,7 @@ def test_changed_settings_or_data_do_not_resume_another_runs_checkpoint(tmp_path
         if name == "c":  # same settings as b, one more image
             shutil.copy(next((root / "train" / "7").glob("*.png")), root / "train" / "7" / "added.png")
         caplog.clear()
-        with caplog.at_level("INFO", logger="imgclf.stages"):
+        with caplog.at_level("INFO", logger="imgclf.training.schedule"):
             train(compose("train", common + extra, output_dir=tmp_path / name))
         runs.append(torch.load(last, weights_only=True)["imgclf_run"])
         assert "continues from" not in caplog.text  # each trained afresh
@@ -444,7 +444,7 @@ def test_a_diverged_fine_tune_loses_and_the_head_keeps_its_own_backbone(tmp_path
         ],
         output_dir=tmp_path / "run",
     )
-    with caplog.at_level("WARNING", logger="imgclf.stages"):
+    with caplog.at_level("WARNING", logger="imgclf.training.schedule"):
         metrics = train(cfg)
     assert "Stage fine_tune diverged" in caplog.text and "model.fine_tune_lr_factor" in caplog.text
     assert metrics["best_epoch"] == 0  # the head's epoch
@@ -458,7 +458,7 @@ def test_a_run_continues_only_in_the_precision_it_started_in(tmp_path):
     """``trainer.precision=auto`` is bf16 on one CPU and fp32 on another (or with the kernels
     capped): the fingerprint holds the precision auto resolved to, not the word "auto"."""
     from imgclf.hardware import resolve_precision
-    from imgclf.stages import fingerprint
+    from imgclf.training.schedule import fingerprint
 
     def of(*extra: str) -> str:
         return fingerprint(compose("train", [*FAST_TRAIN, *extra], output_dir=tmp_path), {})

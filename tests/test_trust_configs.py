@@ -13,13 +13,13 @@ from conftest import FAST_TRAIN, REPO_ROOT, compose, require, run_script, search
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
-from postgres import postgres_bin, postgres_server
 
 from imgclf.config import build, build_all, train_targets
 from imgclf.errors import ImgclfError
-from imgclf.sweeper import SAMPLERS, make_sampler, masked
-from imgclf.train import train
-from imgclf.tune import BEST_HPARAMS, read_best_hparams
+from imgclf.testing.postgres import postgres_bin, postgres_server
+from imgclf.training.train import train
+from imgclf.tuning.best_hparams import BEST_HPARAMS, read_best_hparams
+from imgclf.tuning.sweeper import SAMPLERS, make_sampler, masked
 
 HOSTILE = [
     "pytorch_lightning.cli.instantiate_class",

@@ -17,15 +17,15 @@ from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, require, r
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from postgres import postgres_bin, postgres_server
-from processes import start_script
 
-from imgclf.backbones import fetch_weights
 from imgclf.config import build
 from imgclf.errors import ImgclfError
-from imgclf.module import fused_if_available
-from imgclf.train import train
-from imgclf.tune import BEST_HPARAMS, apply_best_hparams, write_best_hparams
+from imgclf.models.backbones import fetch_weights
+from imgclf.testing.postgres import postgres_bin, postgres_server
+from imgclf.testing.processes import start_script
+from imgclf.training.module import fused_if_available
+from imgclf.training.train import train
+from imgclf.tuning.best_hparams import BEST_HPARAMS, apply_best_hparams, write_best_hparams
 
 # Trials stay small: 1-2 epochs of a frozen backbone on cached features, no stage 2.
 SMALL_SEARCH = [

@@ -1,7 +1,7 @@
 """Exact and near duplicates, within a class, across classes and across splits.
 
 Exact: same file bytes or same decoded pixels. Near: perceptual hashes within a few bits, found
-through :class:`imgclf.hashing.NearDuplicateIndex` (never by comparing all pairs) and confirmed
+through :class:`imgclf.data.hashing.NearDuplicateIndex` (never by comparing all pairs) and confirmed
 by a 16x16 grey fingerprint, because a 64-bit pHash alone calls different low-detail pictures
 (digits, logos, products on white) the same. Duplicates are joined into groups; each group
 keeps one image and flags the rest, so quarantining the flags leaves one copy of each picture.
@@ -13,8 +13,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from imgclf.folders import SPLITS
-from imgclf.hashing import NearDuplicateIndex, hamming
+from imgclf.data.folders import SPLITS
+from imgclf.data.hashing import NearDuplicateIndex, hamming
 from imgclf.review.findings import Flag
 from imgclf.review.scan import ScannedImage
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from imgclf.images import ImageDecodeError, load_image
+from imgclf.data.images import ImageDecodeError, load_image
 from imgclf.review.findings import REASONS, Flag
 from imgclf.review.scan import ScannedImage
 

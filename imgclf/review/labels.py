@@ -34,11 +34,11 @@ def backbone_features(root: Path, images: list[ScannedImage], model_cfg: Mapping
     """The frozen backbone's pooled features (``model.backbone``): the feature store's
     preprocessing and batched pass, in inference precision (``model.precision=auto``: bf16 with
     channels-last only where the CPU infers faster so, i.e. with AMX; fp32 elsewhere)."""
-    from imgclf.folders import ImageDataset
+    from imgclf.data.folders import ImageDataset
+    from imgclf.data.transforms import eval_transform
     from imgclf.hardware import resolve_precision
-    from imgclf.model import ImageClassifier
-    from imgclf.predict import backbone_forward, run_network
-    from imgclf.transforms import eval_transform
+    from imgclf.inference.predict import backbone_forward, run_network
+    from imgclf.models.classifier import ImageClassifier
 
     backbone = model_cfg["backbone"]
     if model_cfg["pretrained"]:

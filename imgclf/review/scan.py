@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imgclf.data.folders import SPLITS, list_split
+from imgclf.data.hashing import perceptual_hash, sha256_bytes
+from imgclf.data.images import ImageDecodeError, load_image
 from imgclf.errors import ImgclfError
-from imgclf.folders import SPLITS, list_split
-from imgclf.hashing import perceptual_hash, sha256_bytes
-from imgclf.images import ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def dataset_files(
 ) -> tuple[dict[str, dict[str, list[Path]]], list[Path]]:
     """``{split: {class: [files]}}`` of the splits present, and the files training ignores.
 
-    Listing goes through :func:`imgclf.folders.list_split` without its header check, so a missing
+    Listing goes through :func:`imgclf.data.folders.list_split` without its header check, so a missing
     or empty split fails with the same message as training, and broken images are kept for the
     review to report instead of being skipped silently. ``val_files`` (paths relative to
     ``train/``, as a model file records the validation split it held out of a dataset without

@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from imgclf.hashing import perceptual_hash, sha256_bytes
-from imgclf.images import ACCEPTED_FORMATS, ImageDecodeError, load_image
+from imgclf.data.hashing import perceptual_hash, sha256_bytes
+from imgclf.data.images import ACCEPTED_FORMATS, ImageDecodeError, load_image
 from imgclf.scrape.engines.base import ImageHit, is_disguised_address, url_problem
 from imgclf.scrape.store import PreparedImage
 

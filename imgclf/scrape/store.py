@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgclf.errors import ImgclfError
-from imgclf.hashing import (
+from imgclf.data.hashing import (
     NearDuplicateIndex,
     hash_to_hex,
     hex_to_hash,
     perceptual_hash,
     sha256_file,
 )
-from imgclf.images import ImageDecodeError, is_image_file, load_image
+from imgclf.data.images import ImageDecodeError, is_image_file, load_image
+from imgclf.errors import ImgclfError
 from imgclf.io import create_new_bytes
 from imgclf.paths import inside
 from imgclf.scrape.manifest import MANIFEST_NAME, append_row, read_manifest, rewrite_manifest

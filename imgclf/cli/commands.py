@@ -1,0 +1,145 @@
+"""One function per command, each a Hydra app on ``conf/<command>.yaml``: ``imgclf train ...`` and
+``python scripts/train.py ...`` both call :func:`train` here. Each composes its config, calls its
+library function and prints what :mod:`imgclf.cli.reports` makes of the result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Any
+
+from omegaconf import DictConfig
+
+from imgclf.cli import reports
+from imgclf.cli.hydra_edge import command, exits_cleanly, quiet_lightning_tips, run
+from imgclf.errors import ImgclfError
+
+SERVER_LOG_FORMAT = "%(asctime)s - %(processName)s[%(process)d] - %(name)s - %(levelname)s - %(message)s"
+
+
+@command("scrape")
+def scrape(cfg: DictConfig) -> None:
+    """Build ``data/image_dataset/{train,val,test}/{class}/`` from a search-terms CSV, or top up the
+    weakest classes (``top_up.weakest=N top_up.from=PATH/metrics.json``)."""
+    from rich.console import Console
+
+    from imgclf.scrape.report import print_summary, top_up_table
+    from imgclf.scrape.scraper import Interrupted, top_up, weakest_classes
+    from imgclf.scrape.scraper import scrape as scrape_dataset
+
+    # httpx logs every request at INFO, which would bury the progress bars.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    console = Console()
+    # a Ctrl+C before any download starts (the CSV and the dataset are only read) undoes nothing
+    with exits_cleanly(Interrupted):
+        if cfg.top_up["from"] is not None or cfg.top_up.weakest:
+            if cfg.top_up["from"] is None:
+                raise ImgclfError(
+                    "top_up.weakest needs top_up.from=PATH/metrics.json (written by "
+                    "python scripts/eval.py split=val)"
+                )
+            classes = weakest_classes(cfg.top_up["from"], cfg.top_up.weakest, cfg.top_up.metric)
+            console.print(
+                f"topping up the {len(classes)} classes with the lowest "
+                f"{cfg.top_up.metric}: {', '.join(classes)}"
+            )
+            summary = top_up(cfg, classes, cfg.top_up.extra_images, console)
+            print_summary(console, summary)
+            console.print(top_up_table(summary["classes"]))
+        else:
+            print_summary(console, scrape_dataset(cfg, console))
+
+
+@command("review")
+def review(cfg: DictConfig) -> dict[str, Any]:
+    from imgclf.review.reviewer import review as review_dataset
+
+    result = run(review_dataset, cfg)
+    reports.review(result, cfg.data.root)
+    return result
+
+
+@command("train")
+def train(cfg: DictConfig) -> float | None:
+    """Returns the optimised metric (``optimized_metric``, val/acc) for Hydra's sweepers."""
+    from imgclf.training.train import train as train_model
+
+    metrics = run(train_model, cfg)
+    if metrics:
+        reports.train(metrics, cfg.optimized_metric)
+    return metrics.get(cfg.optimized_metric) if metrics else None
+
+
+@command("eval")
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from imgclf.inference.evaluate import evaluate as evaluate_model
+
+    metrics = run(evaluate_model, cfg)
+    reports.evaluation(metrics)
+    return metrics
+
+
+@command("export")
+def export(cfg: DictConfig) -> dict[str, Any]:
+    from imgclf.inference.export import export as export_model
+
+    result = run(export_model, cfg)
+    reports.export(result)
+    return result
+
+
+@command("classify")
+def classify(cfg: DictConfig) -> dict[str, Any]:
+    """One image: its ``{label: probability}`` as JSON; several: ``{path: {label: probability}}``."""
+    from imgclf.inference.classify import classify as classify_images
+
+    results = run(classify_images, cfg)
+    if len(results) == 1:
+        print(json.dumps(next(iter(results.values()))))
+    else:
+        print(json.dumps(results, indent=2))
+    return results
+
+
+@command("serve")
+def serve(cfg: DictConfig) -> None:
+    # A server's only output is its log, on stderr. LitServe's logger writes to the stdout of every
+    # process it starts, and uvicorn's access log to stdout too: point stdout at stderr, for this
+    # process and the ones it starts.
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    level = getattr(logging, str(cfg.log_level).upper(), logging.DEBUG)  # uvicorn's "trace" too
+    logging.basicConfig(level=level, format=SERVER_LOG_FORMAT, stream=sys.stderr)
+    # Before prometheus-client is first imported: the HTTP processes LitServe forks then keep their
+    # counts in this folder, for /metrics to sum whichever process answers the scrape.
+    with tempfile.TemporaryDirectory(prefix="imgclf-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        from imgclf.serving.app import serve as serve_model
+
+        status = run(serve_model, cfg)
+    if status:
+        sys.exit(status)
+
+
+@command("pipeline")
+def pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Search terms in, a model ready to serve out: scrape -> review -> (tune) -> train -> eval, then
+    ``rounds - 1`` rounds that top up the weakest classes and retrain. Each stage prints what its own
+    command prints; stages with nothing new to do are skipped, so after an interruption the same
+    command continues. The run ends with a summary."""
+    from rich.console import Console
+
+    from imgclf.pipeline import Pipeline, PipelineInterrupted
+
+    # httpx logs every request at INFO, which would bury the scraper's progress bars.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_lightning_tips()
+    console = Console()
+    with exits_cleanly(PipelineInterrupted):
+        runner = Pipeline(cfg, console, on_stage=lambda *args: reports.pipeline_stage(console, cfg, *args))
+        summary = runner.run()
+    reports.pipeline_summary(console, summary)
+    return summary

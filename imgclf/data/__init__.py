@@ -1,0 +1,1 @@
+"""Datasets: image folders, decoding, pixel pipelines, content hashes, the demo digits."""

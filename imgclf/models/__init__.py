@@ -1,0 +1,1 @@
+"""The network: backbones (torchvision, timm), the MLP head, the saved model file."""

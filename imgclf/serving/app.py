@@ -1,0 +1,618 @@
+"""The HTTP server: the original tool's ``POST /classify`` API on LitServe, with dynamic batching.
+
+How a request travels, and why nothing a client sends can fail someone else's request:
+
+1. In the HTTP process, uvicorn (with :class:`BoundedHttpProtocol`) bounds the connections, the
+   time and size of request headers and the idle time between requests; :class:`RequestGuard`
+   answers requests that are not a multipart form or that announce a body over the payload limit;
+   :class:`imgclf.serving.lifecycle.Admission` answers 503 while the server cannot take the request
+   (loading, draining, overloaded), reads the body within ``body_timeout_s`` (else 408) and up to
+   the payload limit (else 413), and only then admits it to the model; ``ClassifierAPI.authorize``
+   parses the form, so that a malformed multipart body gets a 400 there.
+2. In the inference worker, LitServe's own batching loop gathers requests into a batch, and
+   ``decode_request`` decodes and preprocesses each one on its own, before the batch is stacked
+   for the model, and never raises: a missing field or an undecodable image becomes a
+   :class:`Rejection` that travels through the batch in its slot.
+3. ``predict`` runs the model once on the good images of the batch; ``encode_response`` turns each
+   slot into its own answer, ``200`` with ranked predictions or ``4xx`` with the error.
+
+Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``, and
+carries the CORS headers (``cors_origins``) as every answer does (uvicorn's own refusals, past
+``limit_concurrency`` or for malformed or oversized headers, are plain text). With an API key set
+(``LIT_SERVER_API_KEY``), ``/classify``, ``/info`` and ``/metrics`` need it; ``/health`` and the
+page at ``/`` do not.
+The server loads only the model file it was started with and never fetches anything a client
+names: the image bytes must be in the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import litserve as ls
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from litserve.loops import BatchedLoop
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from imgclf.data.images import DEFAULT_MAX_PIXELS, load_image
+from imgclf.errors import ImgclfError
+from imgclf.hardware import uses_cuda
+from imgclf.inference.runtimes import choose_model, load_predictor
+from imgclf.serving.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor, end_children
+from imgclf.serving.prometheus import Metrics
+
+log = logging.getLogger(__name__)
+
+API_PATH = "/classify"
+INFO_PATH = "/info"
+HEALTH_PATH = "/health"
+# LitServe's own /info (devices, workers, timeouts) moves aside for the model's.
+LITSERVE_INFO_PATH = "/info/litserve"
+BATCH_SIZE_HEADER = "X-Batch-Size"
+# LitServe checks its workers every monitor_internal seconds and, finding one dead, shuts down from
+# its monitoring thread, racing the Supervisor's own stop; the Supervisor watches them instead.
+NO_LITSERVE_MONITOR = 10**9
+HOSTS = ("0.0.0.0", "127.0.0.1", "::")
+ACCELERATORS = ("cpu", "cuda", "auto")
+USAGE = "send the image as a multipart form file field: curl -F img=@photo.jpg"
+NO_API_KEY = "invalid or missing X-API-Key header"
+
+
+class RequestError(ImgclfError):
+    """The client's request is malformed (as opposed to the image in it)."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request that failed before the model saw it (a 400); it keeps its slot in the batch."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request ready for the model: its preprocessed image and how many labels it wants."""
+
+    image: torch.Tensor
+    top_k: int | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One slot of a batch after ``predict``: ranked predictions or the request's rejection."""
+
+    result: list[dict[str, Any]] | Rejection
+    batch_size: int
+
+
+def error_response(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"success": False, "error": error}, status_code=status, headers=headers)
+
+
+def has_api_key(headers: Headers) -> bool:
+    """Whether the request carries the API key (``LIT_SERVER_API_KEY``), or none is set."""
+    api_key = os.environ.get("LIT_SERVER_API_KEY")
+    return not api_key or hmac.compare_digest(headers.get("x-api-key", "").encode(), api_key.encode())
+
+
+def api_key_refusal(headers: Headers) -> JSONResponse | None:
+    return None if has_api_key(headers) else error_response(401, NO_API_KEY)
+
+
+def require_api_key(request: Request) -> None:
+    """A FastAPI dependency: 401 without the API key."""
+    if not has_api_key(request.headers):
+        raise HTTPException(401, NO_API_KEY)
+
+
+def parse_top_k(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip().isdigit() or int(value) < 1:
+        raise RequestError(f"top_k={value!r}: give a whole number of at least 1, e.g. -F top_k=3")
+    return int(value)
+
+
+def image_bytes(form: Any) -> bytes:
+    """The bytes of the one uploaded ``img`` file in a parsed multipart form."""
+    uploads = form.getlist("img")
+    if not uploads:
+        raise RequestError(f"missing form field 'img'; {USAGE}")
+    if len(uploads) > 1:
+        raise RequestError(f"{len(uploads)} 'img' fields; send one image per request")
+    upload = uploads[0]
+    if isinstance(upload, str):
+        raise RequestError(f"field 'img' holds text, not a file (URLs are not fetched); {USAGE}")
+    return upload.file.read()
+
+
+class ClassifierAPI(ls.LitAPI):
+    """One model file behind ``POST /classify``; the same predictor as classify.py (``runtime``)."""
+
+    def __init__(
+        self,
+        ckpt_path: str | os.PathLike,
+        state: ServingState,
+        precision: str = "auto",
+        channels_last: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+        runtime: str = "torch",
+    ) -> None:
+        # LitServe's batched loop even for max_batch_size=1, so that rejections work the same way.
+        super().__init__(
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            api_path=API_PATH,
+            loop=BatchedLoop(),
+        )
+        self.ckpt_path = str(ckpt_path)
+        self.state = state
+        self.precision = precision
+        self.channels_last = channels_last
+        self.max_pixels = int(max_pixels)
+        self.threads = threads
+        self.runtime = runtime
+        # Written by the inference worker once it has checked bf16 against fp32, read by /info in
+        # the HTTP processes: shared memory, as the two never share Python objects.
+        self.resolved_precision = mp.get_context("spawn").Array("c", 32)
+
+    def setup(self, device: str) -> None:
+        """Load the model in the background, so that the HTTP server is up, answering 503, meanwhile.
+
+        LitServe starts its HTTP processes only once ``setup`` has returned; until the model is
+        loaded :class:`~imgclf.serving.lifecycle.Admission` keeps every request away from this worker.
+        """
+        # Ctrl+C in a terminal reaches every process of the group; the main process decides when
+        # workers stop, after the requests in flight are answered.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        threading.Thread(target=self.load, args=(device,), name="load-model", daemon=True).start()
+
+    def load(self, device: str) -> None:
+        try:
+            self.predictor = load_predictor(
+                self.ckpt_path,
+                self.runtime,
+                precision=self.precision,
+                channels_last=self.channels_last,
+                device=device,
+                threads=self.threads,
+                # ONNX Runtime's threads sleep between batches rather than spin: the HTTP server and
+                # the decoding share the cores. Served/in-process at concurrency 8, 2 cores, int8
+                # Inception v3 at 299 px: 92 % against 83 % spinning (docs/benchmarks.md).
+                spin=False,
+            )
+        except Exception as exc:
+            if isinstance(exc, ImgclfError):
+                log.error("cannot load %s: %s", self.ckpt_path, exc)
+            else:
+                log.exception("cannot load %s", self.ckpt_path)
+            os._exit(1)  # the main process sees this worker die and stops the server
+        self.resolved_precision.value = self.predictor.precision.encode()
+        self.state.model_loaded()
+
+    async def authorize(self, request: Request) -> None:
+        """Parse the form in the HTTP process, before LitServe's route handler does.
+
+        LitServe runs ``authorize`` as a FastAPI dependency of the route, on the same request
+        object, so the route finds the form already parsed. A malformed multipart body fails here
+        as a 400; inside LitServe's handler it would become a 500. Taking this hook switches off
+        LitServe's ``LIT_SERVER_API_KEY`` check, so it is repeated here.
+        """
+        require_api_key(request)
+        await request.form()
+
+    # No annotations on decode_request's argument or encode_response's result: LitServe reads
+    # them to declare the FastAPI route. The argument is the parsed multipart form.
+    def decode_request(self, request):
+        try:
+            top_k = parse_top_k(request.get("top_k"))
+            image = load_image(image_bytes(request), max_pixels=self.max_pixels)
+            return Decoded(self.predictor.preprocess(image), top_k)
+        except ImgclfError as exc:
+            return Rejection(str(exc))
+        except Exception:
+            # Pillow's decoders can fail on crafted files in ways load_image does not anticipate;
+            # that is still the client's image, not a reason to fail the batch.
+            log.warning("unexpected error decoding an upload", exc_info=True)
+            return Rejection("the uploaded file could not be decoded as an image")
+
+    def batch(self, inputs: Sequence[Decoded | Rejection]) -> list[Decoded | Rejection]:
+        return list(inputs)
+
+    def predict(self, inputs: list[Decoded | Rejection]) -> list[Answer]:
+        good = [item for item in inputs if isinstance(item, Decoded)]
+        rows = iter(self.predictor.predict_batch(torch.stack([x.image for x in good])) if good else [])
+        results = [
+            self.predictor.ranked(next(rows), item.top_k) if isinstance(item, Decoded) else item
+            for item in inputs
+        ]
+        return [Answer(result, len(inputs)) for result in results]
+
+    def unbatch(self, outputs: list[Answer]) -> list[Answer]:
+        return outputs
+
+    def encode_response(self, output):
+        headers = {BATCH_SIZE_HEADER: str(output.batch_size)}
+        if isinstance(output.result, Rejection):
+            return error_response(400, output.result.error, headers)
+        return JSONResponse({"predictions": output.result, "success": True}, headers=headers)
+
+
+class RequestGuard:
+    """Answers, before any body is read, the requests ``/classify`` cannot take.
+
+    Without it LitServe parses any non-form body as JSON and answers a failure with a 500.
+    """
+
+    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
+        self.app = app
+        self.path = path
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
+            response = self.check(Headers(scope=scope))
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, headers: Headers) -> JSONResponse | None:
+        content_type = headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            return error_response(415, f"content type {content_type or 'none'!r} is not accepted; {USAGE}")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return error_response(413, too_large(self.max_bytes))
+        return None
+
+
+def too_large(max_bytes: int) -> str:
+    return f"the request is over the limit of {max_bytes:,} bytes; send a smaller image"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers is JSON ``{"success": false, "error": ...}``, never HTML.
+
+    FastAPI's request validation (a 422) would mean a malformed request, hence 400.
+    """
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, f"invalid request: {exc.errors()}")
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
+    """What /info reports that does not change while serving; precision and load are read live."""
+    # Also fails fast, in the main process, on a bad path or a runtime that cannot run;
+    # the worker's load_predictor makes the same choice from the same files.
+    device = "cuda" if uses_cuda(cfg.accelerator) else "cpu"
+    choice = choose_model(cfg.ckpt_path, cfg.runtime, cfg.precision, device)
+    record = choice.record()
+    return {
+        "backbone": record["architecture"]["backbone"]["name"],
+        "image_size": record["architecture"]["image_size"],
+        "classes": list(record["classes"]),
+        "hparams": record.get("hparams", {}),
+        # File names only: where the server keeps its files is nobody's business over HTTP.
+        "model_path": os.path.basename(cfg.ckpt_path),
+        "runtime": choice.runtime,
+        "model_file": os.path.basename(choice.path),
+        "preprocessing": record["preprocessing"],
+        "server": {
+            "accelerator": cfg.accelerator,
+            "workers_per_device": cfg.workers_per_device,
+            "max_batch_size": api.max_batch_size,
+            "batch_timeout": api.batch_timeout,
+            "max_payload_mb": cfg.max_payload_mb,
+            "max_queue": cfg.max_queue,
+            "max_uploads": cfg.max_uploads,
+            "body_timeout_s": cfg.body_timeout_s,
+            "shutdown_timeout": cfg.shutdown_timeout,
+        },
+    }
+
+
+def add_info_endpoint(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
+    async def model_info_endpoint() -> dict[str, Any]:
+        precision = api.resolved_precision.value.decode() or "loading"
+        live = {
+            "ready": api.state.ready,
+            "requests_in_flight": api.state.in_flight.value,
+            "uploads_in_progress": api.state.uploading.value,
+        }
+        return {**info, "precision": precision, "server": {**info["server"], **live}, "success": True}
+
+    app.add_api_route(
+        INFO_PATH, model_info_endpoint, methods=["GET"], dependencies=[Depends(require_api_key)]
+    )
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> JSONResponse:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
+        error = f"CORS preflight refused: {response.body.decode()}; see cors_origins in conf/serve.yaml"
+        return error_response(response.status_code, error, headers)
+
+
+def cors_middleware(origins: Sequence[str]) -> tuple[type, dict[str, Any]] | None:
+    """CORS for ``origins`` (``["*"]``: any web page may call the API, as the original allowed)."""
+    if not origins:
+        return None
+    return (
+        JSONCORSMiddleware,
+        {
+            "allow_origins": list(origins),
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["*"],
+            "expose_headers": [BATCH_SIZE_HEADER, "Retry-After"],
+            "max_age": 600,
+        },
+    )
+
+
+def page_html() -> str:
+    return resources.files("imgclf.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def cpu_threads(cfg: Any) -> int | None:
+    """Split the cores between CPU workers; more threads than cores only adds contention."""
+    if uses_cuda(cfg.accelerator) or cfg.workers_per_device <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // int(cfg.workers_per_device))
+
+
+def check_settings(cfg: Any) -> None:
+    if cfg.host not in HOSTS:
+        raise ImgclfError(f"host={cfg.host}: LitServe binds to one of {', '.join(HOSTS)}")
+    if cfg.accelerator not in ACCELERATORS:
+        raise ImgclfError(f"accelerator={cfg.accelerator}: use one of {', '.join(ACCELERATORS)}")
+    if cfg.accelerator == "cuda" and not torch.cuda.is_available():
+        raise ImgclfError("accelerator=cuda, but PyTorch sees no CUDA device; use accelerator=cpu")
+    whole = (
+        ("max_batch_size", 1),
+        ("workers_per_device", 1),
+        ("max_queue", 0),
+        ("max_uploads", 1),
+        ("limit_concurrency", 2),
+        ("max_header_kb", 1),
+    )
+    for key, low in whole:
+        if int(cfg[key]) < low:
+            raise ImgclfError(f"{key}={cfg[key]}: use a whole number of at least {low}")
+    for key in ("body_timeout_s", "header_timeout_s", "keep_alive_timeout_s"):
+        if float(cfg[key]) <= 0:
+            raise ImgclfError(f"{key}={cfg[key]}: use a positive number of seconds, e.g. 10")
+    if float(cfg.batch_timeout) < 0:
+        raise ImgclfError(f"batch_timeout={cfg.batch_timeout}: use a number of seconds, e.g. 0.05")
+    if float(cfg.shutdown_timeout) < 0:
+        raise ImgclfError(f"shutdown_timeout={cfg.shutdown_timeout}: use a number of seconds, e.g. 30")
+    if float(cfg.max_payload_mb) <= 0:
+        raise ImgclfError(f"max_payload_mb={cfg.max_payload_mb}: use a positive number")
+    if isinstance(cfg.cors_origins, str):
+        raise ImgclfError(f"cors_origins={cfg.cors_origins}: give a list, e.g. 'cors_origins=[\"*\"]'")
+
+
+def build_server(cfg: Any) -> ls.LitServer:
+    """The configured :class:`litserve.LitServer`, not yet running (see conf/serve.yaml).
+
+    Its :class:`~imgclf.serving.lifecycle.ServingState` is ``server.lit_api.state``.
+    """
+    check_settings(cfg)
+    # max_in_flight is sized below, once LitServe knows its devices.
+    state = ServingState(workers=1, max_in_flight=1, max_uploads=int(cfg.max_uploads))
+    api = ClassifierAPI(
+        cfg.ckpt_path,
+        state,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        max_pixels=cfg.max_image_pixels,
+        threads=cpu_threads(cfg),
+        max_batch_size=cfg.max_batch_size,
+        batch_timeout=cfg.batch_timeout,
+        runtime=cfg.runtime,
+    )
+    info = model_info(cfg, api)
+    max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
+    admission = {
+        "state": state,
+        "api_path": API_PATH,
+        "health_path": HEALTH_PATH,
+        "page": page_html(),
+        "body_timeout": float(cfg.body_timeout_s),
+        # Admission reads the body, so it enforces the limit (LitServe's max_payload_size would
+        # raise from inside that read, past FastAPI's error handlers).
+        "max_bytes": max_bytes,
+        "too_large": error_response(413, too_large(max_bytes)),
+    }
+    # Starlette runs the last of these first: the metrics, CORS, the request checks, admission.
+    middlewares: list[tuple[type, dict[str, Any]]] = [
+        (Admission, admission),
+        (RequestGuard, {"path": API_PATH, "max_bytes": max_bytes}),
+    ]
+    cors = cors_middleware(list(cfg.cors_origins))
+    if cors:
+        middlewares.append(cors)
+    paths = ("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH)
+    middlewares.append(
+        (Metrics, {"state": state, "api_path": API_PATH, "paths": paths, "refuse": api_key_refusal})
+    )
+    server = ls.LitServer(
+        api,
+        accelerator=cfg.accelerator,
+        workers_per_device=cfg.workers_per_device,
+        timeout=cfg.timeout,
+        healthcheck_path=HEALTH_PATH,
+        info_path=LITSERVE_INFO_PATH,
+        # /docs, /redoc and /openapi.json: FastAPI serves the pages only with the schema
+        disable_openapi_url=not cfg.api_docs,
+        fast_queue=cfg.fast_queue,
+        middlewares=middlewares,
+    )
+    server.monitor_internal = NO_LITSERVE_MONITOR
+    # How long uvicorn lets requests finish once stopped, Ctrl+C in a terminal stopping it directly.
+    server.uvicorn_graceful_timeout = float(cfg.shutdown_timeout) + 5
+    state.workers = len(server.devices) * int(cfg.workers_per_device)
+    state.max_in_flight = int(cfg.max_queue) + state.workers * int(cfg.max_batch_size)
+    install_error_handlers(server.app)
+    add_info_endpoint(server.app, info, api)
+    return server
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), with a deadline and a size bound on request headers.
+
+    uvicorn bounds the idle time after an answer (``timeout_keep_alive``) but neither the wait for
+    a request's headers nor their size: a client that connects and says nothing, or sends its
+    headers a byte at a time, would hold its connection, and a place under ``limit_concurrency``,
+    for ever. Here the headers must be complete within ``header_timeout`` seconds of the
+    connection or of the previous answer, or the connection is closed; headers over
+    ``max_header_bytes`` get uvicorn's own 400. The body has its own deadline (``Admission``).
+    Configured through :func:`bounded_protocol`.
+    """
+
+    header_timeout = 10.0
+    max_header_bytes = 64 * 1024
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.header_deadline: asyncio.TimerHandle | None = None
+        self.arm()
+
+    def arm(self) -> None:
+        self.header_bytes = 0
+        self.header_deadline = self.loop.call_later(self.header_timeout, self.headers_too_slow)
+
+    def disarm(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def headers_too_slow(self) -> None:
+        self.header_deadline = None
+        # Only between requests: a request whose headers are in is the app's (and Admission's).
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+    def count(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.max_header_bytes:
+            # Raised in a parser callback, it reaches uvicorn as a parser error: a 400, closed.
+            raise ValueError("request headers too large")
+
+    def on_url(self, url: bytes) -> None:
+        self.count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.disarm()
+            self.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+
+def bounded_protocol(cfg: Any) -> type[BoundedHttpProtocol]:
+    """:class:`BoundedHttpProtocol` with the configured bounds, for uvicorn's ``http`` option."""
+    bounds = {
+        "header_timeout": float(cfg.header_timeout_s),
+        "max_header_bytes": int(cfg.max_header_kb) * 1024,
+    }
+    return type("ConfiguredHttpProtocol", (BoundedHttpProtocol,), bounds)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail with a message that says what to do, rather than uvicorn's bare errno."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ImgclfError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pass another port="
+            ) from None
+
+
+def serve(cfg: Any) -> int:
+    """Run the server until SIGTERM or SIGINT (0) or the death of an inference worker (3).
+
+    Whatever ends it, no child process outlives this function.
+    """
+    server = build_server(cfg)
+    check_port_free(cfg.host, cfg.port)
+    state = server.lit_api.state
+    supervisor = Supervisor(state, shutdown_timeout=float(cfg.shutdown_timeout))
+    supervisor.install()
+    supervisor.watch(lambda: getattr(server, "inference_workers", []), expected=state.workers)
+    try:
+        server.run(
+            host=cfg.host,
+            port=cfg.port,
+            num_api_servers=cfg.num_api_servers,
+            log_level=cfg.log_level,
+            generate_client_file=False,
+            access_log=cfg.access_log,
+            # uvicorn's options, passed through by LitServe: past limit_concurrency connections (per
+            # HTTP process) a new request gets uvicorn's plain 503
+            http=bounded_protocol(cfg),
+            limit_concurrency=int(cfg.limit_concurrency),
+            timeout_keep_alive=float(cfg.keep_alive_timeout_s),
+        )
+    except KeyboardInterrupt:
+        pass  # a stop before LitServe's run() reached the point where it catches it itself
+    except Exception:
+        if supervisor.failure is None:
+            raise
+    finally:
+        end_children()
+    if supervisor.failure is not None:
+        return WORKER_DIED
+    log.info("stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the staged fits, fine-tuning, the feature store."""

@@ -1,0 +1,155 @@
+"""``train(cfg)``: data -> model -> staged fits -> the best epoch -> a self-describing model file.
+
+The stages (:mod:`imgclf.training.schedule`): from scratch, the whole network trains on images; with ImageNet
+weights the head trains on the frozen backbone (on its stored features when ``features.cache``),
+then, with ``model.fine_tune``, the backbone's top blocks train too, and the better stage wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imgclf.config import build, build_all
+from imgclf.data.datamodule import ImageFolderDataModule
+from imgclf.errors import ImgclfError
+from imgclf.hardware import compute_device
+from imgclf.inference.predict import Predictor
+from imgclf.io import atomic_write_json
+from imgclf.models.backbones import fetch_weights
+from imgclf.models.checkpoint import export_model
+from imgclf.training.features import FeatureDataModule
+from imgclf.training.module import ClassifierModule
+from imgclf.training.schedule import FitResult, FitRunner, plan
+from imgclf.tuning.best_hparams import apply_best_hparams
+
+log = logging.getLogger(__name__)
+
+
+def check_weights_early(model_cfg: DictConfig) -> None:
+    """Fail in seconds, before any data is read, when ImageNet weights cannot be had (a download,
+    when allowed, happens here rather than after the dataset scan)."""
+    if model_cfg.pretrained and not model_cfg.get("weights_path"):
+        fetch_weights(model_cfg.backbone, model_cfg.get("allow_download", True))
+
+
+def load_data(cfg: DictConfig) -> ImageFolderDataModule:
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule: ImageFolderDataModule = build(cfg.data)
+    classes = datamodule.scan()
+    if len(classes) < 2:
+        raise ImgclfError(
+            f"{datamodule.root / 'train'} has one class ({classes[0]}); a classifier needs at least two"
+        )
+    counts = ", ".join(f"{name} {count}" for name, count in zip(classes, datamodule.class_counts()))
+    log.info("Classes (%d), training images per class: %s", len(classes), counts)
+    return datamodule
+
+
+def accuracy(predictor: Predictor, datamodule: ImageFolderDataModule, split: str) -> float:
+    """The saved model's accuracy on a split, counted as ``eval.py`` counts it."""
+    probabilities, targets, _ = predictor.predict_dataset(
+        datamodule.dataset(split), datamodule.batch_size, datamodule.num_workers, f"accuracy on {split}"
+    )
+    return float((probabilities.argmax(dim=1) == targets).float().mean())
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the classifier described by ``cfg``; returns the best epoch's metrics."""
+    cfg = apply_best_hparams(cfg)
+    check_weights_early(cfg.model)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = load_data(cfg)
+    if not cfg.model.pretrained:
+        log.warning(
+            "Training from scratch (model.pretrained=false): expect lower accuracy than with ImageNet weights"
+        )
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    module: ClassifierModule = build(
+        cfg.model, num_classes=len(datamodule.classes), class_counts=datamodule.class_counts()
+    )
+    log.info("Backbone %s, ImageNet weights: %s", *weights_used(module).values())
+    runner = FitRunner(cfg, build_all(cfg.get("logger"), "logger"), datamodule.files())
+    results: list[FitResult] = []
+    epochs_before = 0
+    frozen_backbone: dict[str, torch.Tensor] | None = None
+    for stage in plan(cfg):
+        if stage.unfreeze:  # fine-tuning starts from the head's best epoch
+            results[-1].restore(module)
+            frozen_backbone = copy.deepcopy(module.model.backbone.state_dict())
+        data = datamodule
+        if stage.on_features:
+            data = FeatureDataModule(
+                datamodule,
+                cfg.paths.cache_dir,
+                cfg.features.views,
+                module.weights_source,
+                cfg.seed,
+                cfg.features.chunk_size,
+            )
+        result = runner.fit(stage, module, data)
+        if result is None:
+            log.info("fast_dev_run: the wiring works; no model saved")
+            return {"fast_dev_run": True, **runner.last_metrics}
+        result.epoch += epochs_before
+        epochs_before += int(cfg.trainer.max_epochs)
+        results.append(result)
+    best = max(results, key=lambda r: r.score)  # the earlier stage wins a tie
+    if best.score == float("-inf"):
+        raise ImgclfError("training diverged (non-finite weights); lower model.optimizer.lr and rerun")
+    if not best.restore(module) and frozen_backbone is not None:
+        # The head's checkpoint holds the head alone: its backbone is the one before fine-tuning.
+        module.model.backbone.load_state_dict(frozen_backbone)
+    if not runner.is_global_zero:  # another DDP rank: rank 0 reports and saves
+        return {}
+    metrics: dict[str, Any] = {cfg.optimized_metric: best.score, "best_epoch": best.epoch}
+    if not cfg.get("save_model", True):  # a sweep trial: the metric is the answer
+        runner.clean_up()
+        return metrics
+
+    predictor = Predictor(
+        module.model, {"classes": datamodule.classes}, device=str(compute_device(cfg.trainer.accelerator))
+    )
+    metrics["train/acc"] = accuracy(predictor, datamodule, "train")
+    metrics["val/acc"] = accuracy(predictor, datamodule, "val")
+    if datamodule.val_split:
+        atomic_write_json(Path(cfg.paths.output_dir) / "val_split.json", datamodule.val_split)
+    path = export_model(
+        module.model,
+        datamodule.classes,
+        Path(cfg.paths.model_dir) / "model.ckpt",
+        hparams=hyperparameters(cfg, module),
+        metrics=metrics,
+        val_split=datamodule.val_split,
+    )
+    log.info("Saved the model to %s", path)
+    return {**metrics, "model": str(path), **weights_used(module)}
+
+
+def weights_used(module: ClassifierModule) -> dict[str, str]:
+    """Which backbone and which ImageNet weights the model was trained from, for the summaries."""
+    backbone = module.model.backbone_config
+    return {"backbone": str(backbone["name"]), "weights": module.weights_source or "none (from scratch)"}
+
+
+def hyperparameters(cfg: DictConfig, module: ClassifierModule) -> dict[str, Any]:
+    """What the model file records of how it was trained."""
+    hparams = OmegaConf.to_container(cfg.model, resolve=True)
+    hparams["backbone"] = module.model.backbone_config["name"]
+    hparams.update(
+        {
+            "image_size": module.model.image_size,
+            "batch_size": int(cfg.data.batch_size),
+            "augment": bool(cfg.data.augment),
+            "max_epochs": int(cfg.trainer.max_epochs),
+            "seed": int(cfg.seed),
+        }
+    )
+    return hparams

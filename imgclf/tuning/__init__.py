@@ -1,0 +1,1 @@
+"""Hyperparameter search: the resumable Optuna sweeper and the best-hyperparameters file."""
