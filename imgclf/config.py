@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -127,3 +128,28 @@ def build_all(group: DictConfig | None, kind: str) -> list[Any]:
             log.info("Instantiating %s <%s>", kind, conf._target_)
             objects.append(build(conf))
     return objects
+
+
+def override(key: str, value: Any) -> str:
+    """``key=value`` in Hydra's override grammar, read back as ``value`` unchanged: strings quoted
+    (so that ``"1e-3"`` or ``"true"`` stay strings and any path survives), except plain paths."""
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"{key}={value}"
+    text = str(value)
+    if "/" in text and re.fullmatch(r"[A-Za-z0-9_./-]+", text):  # a plain path reads best bare
+        return f"{key}={text}"
+    # Hydra unescapes backslashes only before a quote or at the end of a quoted string.
+    escaped = ""
+    for index, char in enumerate(text):
+        following = text[index + 1 :].lstrip("\\")
+        if char == "\\" and (not following or following[0] == "'"):
+            escaped += "\\\\"
+        elif char == "'":
+            escaped += "\\'"
+        else:
+            escaped += char
+    return f"{key}='{escaped}'"

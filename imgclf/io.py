@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -132,3 +133,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def json_digest(value: Any, length: int = 16) -> str:
+    """A short sha256 of ``value`` as sorted-key JSON: the same settings give the same digest, in
+    any process (what resumable runs, the feature store and the pipeline's state compare)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

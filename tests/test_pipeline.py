@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, compose
 
+from imgclf.config import override
 from imgclf.models.checkpoint import read_model
-from imgclf.pipeline.runner import assign
 from imgclf.testing.processes import interrupt_when
 from imgclf.testing.scrape_fixture import GoogleQuery
 from imgclf.testing.scrape_fixture.fixtures import TEST_OVERRIDES, fixture_server_fixture, web_fixture  # noqa: F401
@@ -345,7 +345,8 @@ def test_bad_settings_stop_before_any_stage(tmp_path, overrides, message):
 
 
 def test_override_values_survive_any_path(tmp_path):
-    """The shared keys reach every stage's config whatever characters a path holds."""
+    """The shared keys reach every stage's config whatever characters a path holds (and the
+    sweeper's and best_hparams.yaml's values their trials and the next training unchanged)."""
     for path in [
         "data/x_y.z",
         "/tmp/a b,c=d",
@@ -356,5 +357,8 @@ def test_override_values_survive_any_path(tmp_path):
         "true",
         "1e3",
     ]:
-        cfg = compose("eval", [assign("data.root", path)])
+        cfg = compose("eval", [override("data.root", path)])
         assert cfg.data.root == path
+    for value in [True, False, None, 0, 7, 1e-05, 0.25, "1e-3", "true", "null", "it's", 'say "x"']:
+        cfg = compose("eval", [override("data.root", value)])
+        assert cfg.data.root == value and type(cfg.data.root) is type(value)

@@ -18,6 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from imgclf.cli.hydra_edge import settings, with_best_hparams
 from imgclf.config import build
 from imgclf.errors import ImgclfError
 from imgclf.models.backbones import fetch_weights
@@ -25,7 +26,7 @@ from imgclf.testing.postgres import postgres_bin, postgres_server
 from imgclf.testing.processes import start_script
 from imgclf.training.module import fused_if_available
 from imgclf.training.train import train
-from imgclf.tuning.best_hparams import BEST_HPARAMS, apply_best_hparams, write_best_hparams
+from imgclf.tuning.best_hparams import BEST_HPARAMS, best_hparams_overrides, write_best_hparams
 
 # Trials stay small: 1-2 epochs of a frozen backbone on cached features, no stage 2.
 SMALL_SEARCH = [
@@ -145,9 +146,7 @@ def test_sweep_writes_best_hparams_that_train_applies(tmp_path, small_digits_roo
     assert list((tmp_path / "defaults").rglob("metrics.csv")), "the default logger is csv"
 
 
-def test_best_hparams_recompose_the_config_and_the_command_line_wins(tmp_path):
-    """Applied to a config composed with Hydra's compose API, as the test fixtures compose them."""
-    model_dir = tmp_path / "model"
+def best_hparams_file(model_dir: Path) -> dict:
     params = {
         "model.head.hidden_size": 77,
         "model.optimizer.lr": 0.01,
@@ -165,22 +164,54 @@ def test_best_hparams_recompose_the_config_and_the_command_line_wins(tmp_path):
         "model.head.activation": CategoricalDistribution(["relu", "tanh"]),
     }
     write_best_hparams(model_dir / BEST_HPARAMS, params, space, metric="val/acc", value=0.9)
+    return params
+
+
+def test_best_hparams_become_overrides_before_the_command_line(tmp_path):
+    """The file's parameters become overrides in override grammar; a key or group the command line
+    gives is left out (it wins); the file absent or use_best_hparams=false: nothing."""
+    model_dir = tmp_path / "model"
     command_line = [f"paths.model_dir={model_dir}", "model.optimizer.lr=0.5", "callbacks=early_stopping"]
-    cfg = apply_best_hparams(compose("train", command_line, output_dir=tmp_path))
+    cfg = compose("train", command_line, output_dir=tmp_path)
+    assert best_hparams_overrides(cfg, command_line, cfg.hydra.runtime.choices).overrides == []
+    best_hparams_file(model_dir)
+    best = best_hparams_overrides(cfg, command_line, cfg.hydra.runtime.choices)
+    assert best.overrides == [
+        "model.head.hidden_size=77",
+        "+model.optimizer.weight_decay=0.001",
+        "logger='tensorboard'",
+        "model.head.activation='tanh'",
+    ]
+    assert best.applied == {
+        "model.head.hidden_size": 77,
+        "+model.optimizer.weight_decay": 0.001,
+        "logger": "tensorboard",
+        "model.head.activation": "tanh",
+    }
+    assert "val/acc 0.9000" in best.describe("val/acc") and "use_best_hparams=false" in best.describe(None)
+    off = compose("train", command_line + ["use_best_hparams=false"], output_dir=tmp_path)
+    assert best_hparams_overrides(off, command_line, off.hydra.runtime.choices).overrides == []
+
+
+def test_best_hparams_recompose_the_config_and_the_command_line_wins(tmp_path):
+    """The entry point composes again: group choices (logger) apply, command-line keys win, and the
+    library is handed resolved settings without Hydra's node."""
+    model_dir = tmp_path / "model"
+    best_hparams_file(model_dir)
+    command_line = [f"paths.model_dir={model_dir}", "model.optimizer.lr=0.5", "callbacks=early_stopping"]
+    cfg = with_best_hparams(compose("train", command_line, output_dir=tmp_path), command_line)
     assert cfg.model.head.hidden_size == 77 and cfg.model.head.activation == "tanh"
     assert cfg.model.optimizer.weight_decay == 0.001
     assert set(cfg.logger) == {"tensorboard"}, "the logger group's choice is applied"
     assert cfg.model.optimizer.lr == 0.5, "a key on the command line wins"
     assert "early_stopping" in cfg.callbacks, "a group on the command line wins"
+    assert cfg.hydra.runtime.output_dir == str(tmp_path), "the run folder stays the command's"
+    plain = settings(cfg)
+    assert "hydra" not in plain and plain.paths.output_dir == str(tmp_path)
+    assert plain.trainer.default_root_dir == str(tmp_path), "interpolations are values"
 
     off = compose("train", command_line + ["use_best_hparams=false"], output_dir=tmp_path)
-    assert apply_best_hparams(off) is off
-
-    # a config changed after composition would lose the change: refused, not silently recomposed
-    changed = compose("train", command_line, output_dir=tmp_path)
-    changed.trainer.max_epochs = 3
-    with pytest.raises(ImgclfError, match="best_hparams.yaml cannot be applied.*use_best_hparams=false"):
-        apply_best_hparams(changed)
+    assert with_best_hparams(off, command_line) is off
 
 
 def test_killed_sweep_resumes_the_same_study_and_retries_the_killed_trial(
@@ -425,14 +456,11 @@ def test_a_sweep_whose_trials_all_fail_stops(tmp_path, small_digits_root, backbo
         "params: {trainer: nope}\nspace: {trainer: {type: categorical, choices: [nope]}}",
     ],
 )
-def test_broken_best_hparams_is_an_error(tmp_path, small_digits_root, content):
+def test_broken_best_hparams_is_an_error(tmp_path, content):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "best_hparams.yaml").write_text(content)
-    cfg = compose(
-        "train",
-        FAST_TRAIN + [f"data.root={small_digits_root}", f"paths.model_dir={model_dir}"],
-        output_dir=tmp_path,
-    )
+    command_line = [f"paths.model_dir={model_dir}"]
+    cfg = compose("train", command_line, output_dir=tmp_path)
     with pytest.raises(ImgclfError, match="best_hparams.yaml.*use_best_hparams=false"):
-        train(cfg)
+        with_best_hparams(cfg, command_line)

@@ -14,8 +14,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgclf.cli import reports
-from imgclf.cli.hydra_edge import command, exits_cleanly, quiet_lightning_tips, run
+from imgclf.cli.hydra_edge import command, quiet_lightning_tips, run
 from imgclf.errors import ImgclfError
+from imgclf.process import exits_cleanly
 
 SERVER_LOG_FORMAT = "%(asctime)s - %(processName)s[%(process)d] - %(name)s - %(levelname)s - %(message)s"
 
@@ -27,14 +28,14 @@ def scrape(cfg: DictConfig) -> None:
     from rich.console import Console
 
     from imgclf.scrape.report import print_summary, top_up_table
-    from imgclf.scrape.scraper import Interrupted, top_up, weakest_classes
     from imgclf.scrape.scraper import scrape as scrape_dataset
+    from imgclf.scrape.scraper import top_up, weakest_classes
 
     # httpx logs every request at INFO, which would bury the progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console = Console()
     # a Ctrl+C before any download starts (the CSV and the dataset are only read) undoes nothing
-    with exits_cleanly(Interrupted):
+    with exits_cleanly():
         if cfg.top_up["from"] is not None or cfg.top_up.weakest:
             if cfg.top_up["from"] is None:
                 raise ImgclfError(
@@ -67,7 +68,7 @@ def train(cfg: DictConfig) -> float | None:
     """Returns the optimised metric (``optimized_metric``, val/acc) for Hydra's sweepers."""
     from imgclf.training.train import train as train_model
 
-    metrics = run(train_model, cfg)
+    metrics = run(train_model, cfg, best_hparams=True)
     if metrics:
         reports.train(metrics, cfg.optimized_metric)
     return metrics.get(cfg.optimized_metric) if metrics else None
@@ -132,13 +133,13 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
     command continues. The run ends with a summary."""
     from rich.console import Console
 
-    from imgclf.pipeline import Pipeline, PipelineInterrupted
+    from imgclf.pipeline import Pipeline
 
     # httpx logs every request at INFO, which would bury the scraper's progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     quiet_lightning_tips()
     console = Console()
-    with exits_cleanly(PipelineInterrupted):
+    with exits_cleanly():
         runner = Pipeline(cfg, console, on_stage=lambda *args: reports.pipeline_stage(console, cfg, *args))
         summary = runner.run()
     reports.pipeline_summary(console, summary)

@@ -12,14 +12,14 @@ import contextlib
 import functools
 import logging
 import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgclf.errors import ImgclfError, user_error
+from imgclf.process import exit_with
 
 log = logging.getLogger("imgclf")
 
@@ -40,7 +40,7 @@ def first_conf_dir(candidates: list[Path]) -> Path:
         if (folder / "train.yaml").is_file():
             return folder.resolve()
     tried = ", ".join(str(folder) for folder in candidates)
-    raise SystemExit(
+    exit_with(
         f"error: imgclf's configs (conf/train.yaml, ...) are not in {tried}; run from a clone "
         f"(pip install -e .), from a folder holding conf/, or set {CONF_ENV}"
     )
@@ -83,36 +83,100 @@ def quiet_lightning_tips() -> None:
         logger.addFilter(_NoAdverts())
 
 
-def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``task``; an :class:`ImgclfError` exits with status 2 and its message.
+def running(cfg: DictConfig) -> DictConfig:
+    """The config of the running Hydra app (``@hydra.main`` hands it over without its ``hydra``
+    node) with that node: what :func:`settings` and :func:`with_best_hparams` read."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = cfg.copy()
+    with open_dict(job):
+        job.hydra = HydraConfig.get()
+    return job
+
+
+def compose(
+    config_name: str,
+    overrides: Sequence[str],
+    output_dir: str | Path | None = None,
+    fix: str = "",
+    what: str = "",
+) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides`` (Hydra's compose API), as the command line
+    would compose it, with its ``hydra`` node; ``output_dir`` is its run folder. For entry points
+    that run several commands (the pipeline) or compose again (:func:`with_best_hparams`). A bad
+    override is an :class:`ImgclfError` saying ``what`` does not compose, and ``fix``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    app = GlobalHydra.instance().is_initialized()  # inside a command: its own config search path
+    try:
+        with contextlib.nullcontext() if app else initialize_config_dir(config_dir=str(conf_dir())):
+            cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    except HydraException as exc:
+        what = what or f"the settings of conf/{config_name}.yaml ({' '.join(overrides)})"
+        raise ImgclfError(
+            f"{what} do not compose: {str(exc).splitlines()[0]}{'; ' + fix if fix else ''}"
+        ) from None
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    return cfg
+
+
+def with_best_hparams(job: DictConfig, command_line: Sequence[str]) -> DictConfig:
+    """``job`` (a config with its ``hydra`` node) composed again with ``best_hparams.yaml``'s
+    parameters before ``command_line``, which wins; ``job`` itself when the file does not apply."""
+    from imgclf.tuning.best_hparams import best_hparams_overrides
+
+    best = best_hparams_overrides(job, command_line, job.hydra.runtime.choices)
+    if not best.applied:
+        return job
+    config_name = job.hydra.job.config_name
+    cfg = compose(config_name, best.overrides + list(command_line), job.hydra.runtime.output_dir, best.fix)
+    log.info("%s", best.describe(cfg.get("optimized_metric")))
+    return cfg
+
+
+def settings(job: DictConfig) -> DictConfig:
+    """What a library function is handed: ``job`` without Hydra's node and every value resolved,
+    the run folder (``${hydra:runtime.output_dir}``) included, so that no library code reads
+    Hydra's state."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = job.copy()
+    instance = HydraConfig.instance()
+    saved = instance.cfg
+    with open_dict(cfg):
+        node = cfg.pop("hydra", None)
+    if node is not None:  # ${hydra:...} reads the current Hydra config: make it this job's
+        wrapper = OmegaConf.create({"hydra": node})
+        instance.set_config(wrapper)
+    try:
+        OmegaConf.resolve(cfg)
+    finally:
+        instance.cfg = saved
+    return cfg
+
+
+def run(task: Callable[[DictConfig], Any], cfg: DictConfig, *, best_hparams: bool = False) -> Any:
+    """Run ``task`` on the :func:`settings` of the running app's ``cfg`` (with
+    ``best_hparams.yaml`` applied first when asked); an :class:`ImgclfError` exits with status 2
+    and its message.
 
     In a multirun sweep the error propagates so that the sweeper records the failed trial.
     """
+    from hydra.core.hydra_config import HydraConfig
+
     quiet_lightning_tips()
     try:
-        return task(cfg)
+        job = running(cfg)
+        if best_hparams:
+            job = with_best_hparams(job, list(HydraConfig.get().overrides.task))
+        return task(settings(job))
     except Exception as exc:
         error = user_error(exc)
         if error is None or in_multirun():
             raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-@contextlib.contextmanager
-def exits_cleanly(interrupted: type[BaseException]) -> Iterator[None]:
-    """For the long, resumable jobs (scrape, pipeline): one line on stderr and a status instead of
-    a traceback. ``interrupted`` (raised on SIGINT or SIGTERM once the job has stopped cleanly, and
-    carrying ``signum``) exits with 128 + signum, an :class:`ImgclfError` with 2, a Ctrl+C before
-    the job began with 130."""
-    try:
-        yield
-    except interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        sys.exit(128 + exc.signum)
-    except ImgclfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # before the job's own handlers were installed: nothing to undo
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        sys.exit(130)
+        exit_with(f"error: {error}")

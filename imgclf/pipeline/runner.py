@@ -16,17 +16,14 @@ settings and the files it reads and writes are as it left them, so a stage that 
 dataset or the model makes the stages that read them run again. A later round's top-up changes the
 dataset the earlier rounds saw, so once a round has begun the rounds before it are history.
 
-SIGINT and SIGTERM raise :class:`PipelineInterrupted` in the stage in flight, whose clean-up runs
+SIGINT and SIGTERM raise :class:`imgclf.process.Interrupted` in the stage in flight, whose clean-up runs
 (the scraper closes Chromium, the sweep's process group is terminated); the stage stays
 ``started`` in the state, and the same command continues from it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,34 +32,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from imgclf.cli.hydra_edge import compose, settings, with_best_hparams
+from imgclf.config import override
 from imgclf.errors import ImgclfError
 from imgclf.locks import exclusive
 from imgclf.pipeline.state import State, config_digest, digest, file_digest, now, tree_digest
+from imgclf.process import Interrupted, StopSignals, stop_process_group
 
 log = logging.getLogger(__name__)
 
 METRICS = ("recall", "f1")
-
-
-class PipelineInterrupted(BaseException):
-    """SIGINT or SIGTERM stopped the pipeline. A BaseException, like KeyboardInterrupt, so that no
-    ``except Exception`` on the way takes it for an ordinary failure."""
-
-    def __init__(self, signum: int, stage: str | None = None) -> None:
-        self.signum = signum
-        self.stage = stage
-        super().__init__(signal.Signals(signum).name)
-
-    def __str__(self) -> str:
-        where = f" during {self.stage}" if self.stage else ""
-        return (
-            f"stopped by {signal.Signals(self.signum).name}{where}; finished stages are kept, "
-            "run the same command again to continue"
-        )
+KEPT = "finished stages are kept"
 
 
 @dataclass(frozen=True)
@@ -90,111 +74,15 @@ class Prepared:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def assign(key: str, value: Any) -> str:
-    """``key=value`` as a Hydra override, with strings quoted so that any path survives."""
-    if value is None:
-        return f"{key}=null"
-    if isinstance(value, bool):
-        return f"{key}={str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"{key}={value}"
-    text = str(value)
-    if "/" in text and re.fullmatch(r"[A-Za-z0-9_./-]+", text):  # a plain path reads best bare
-        return f"{key}={text}"
-    # Hydra unescapes backslashes only before a quote or at the end of a quoted string.
-    escaped = ""
-    for index, char in enumerate(text):
-        following = text[index + 1 :].lstrip("\\")
-        if char == "\\" and (not following or following[0] == "'"):
-            escaped += "\\\\"
-        elif char == "'":
-            escaped += "\\'"
-        else:
-            escaped += char
-    return f"{key}='{escaped}'"
-
-
-class _Signals:
-    """SIGINT and SIGTERM raise :class:`PipelineInterrupted` once; later ones wait for the clean-up.
-
-    Forked helpers (data-loader workers) inherit the handler: there SIGINT stays the
-    KeyboardInterrupt they expect and SIGTERM its default.
-    """
-
-    def __init__(self) -> None:
-        self.owner = os.getpid()
-        self.received: int | None = None
-        self.stage: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.owner:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if self.received is None:
-            self.received = signum
-            log.warning("%s received: stopping", signal.Signals(signum).name)
-            raise PipelineInterrupted(signum, self.stage)
-
-    def install(self) -> None:
-        """(Again:) the scraper's event loop resets both signals when it ends."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous.setdefault(signum, signal.getsignal(signum))
-            signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def stop_process_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """Terminate the process group of ``process`` (started with ``start_new_session``); what has
-    not ended after ``grace_s`` seconds is killed."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", process.args[1], grace_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # helpers left behind in its group
-    process.wait()
-
-
-@contextlib.contextmanager
-def hydra_config(cfg: DictConfig):
-    """Make ``cfg``'s Hydra node the current one while a stage runs: its ``${hydra:...}`` values
-    (the run folder) and its command-line keys (which win over best_hparams.yaml) are the stage's."""
-    from hydra.core.hydra_config import HydraConfig
-
-    instance = HydraConfig.instance()
-    saved = instance.cfg
-    instance.set_config(cfg)
-    try:
-        yield
-    finally:
-        instance.cfg = saved
-
-
 def compose_stage(command: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """``conf/<command>.yaml`` with ``overrides``, as ``scripts/<command>.py`` would compose it."""
-    from hydra import compose
-    from hydra.errors import HydraException
-
-    try:
-        cfg = compose(command, overrides=overrides, return_hydra_config=True)
-    except HydraException as exc:
-        raise ImgclfError(
-            f"the {command} stage's settings do not compose: {str(exc).splitlines()[0]} "
-            f"(overrides: {' '.join(overrides)}); fix {command}.overrides"
-        ) from None
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    return cfg
+    """``conf/<command>.yaml`` with ``overrides``, as ``imgclf <command>`` would compose it."""
+    return compose(
+        command,
+        overrides,
+        output_dir,
+        fix=f"fix {command}.overrides (overrides: {' '.join(overrides)})",
+        what=f"the {command} stage's settings",
+    )
 
 
 def image_count(folder: Path, root: Path) -> int:
@@ -239,7 +127,13 @@ class Pipeline:
         self.state = State(self.folder / "state.json")
         self.output_dir = Path(cfg.paths.output_dir)
         self.statuses: dict[str, str] = {}
-        self._signals = _Signals()
+        self._signals = StopSignals(self._interrupt)
+        self._stage: str | None = None
+
+    def _interrupt(self, signum: int) -> NoReturn:
+        """The first SIGINT or SIGTERM: raised in the stage in flight, whose clean-up then runs."""
+        log.warning("%s received: stopping", signal.Signals(signum).name)
+        raise Interrupted(signum, self._stage, KEPT)
 
     # -- the plan ------------------------------------------------------------------------------
 
@@ -270,7 +164,7 @@ class Pipeline:
         self._signals.install()
         try:
             for stage in stages:
-                self._signals.stage = stage.label
+                self._stage = stage.label
                 prepared = getattr(self, f"_prepare_{stage.name}")(stage)
                 record = self.state.get(stage.key)
                 history = stage.round < latest
@@ -313,12 +207,11 @@ class Pipeline:
         clock = time.monotonic()
         try:
             result, outcome, details = getattr(self, f"_run_{stage.name}")(stage, prepared, previous, record)
+        except Interrupted as exc:  # the scraper's own handling ended it: later signals wait too
+            self._signals.received = exc.signum
+            exc.during, exc.kept = stage.label, KEPT
+            raise
         except ImgclfError as exc:
-            from imgclf.scrape.scraper import Interrupted
-
-            if isinstance(exc, Interrupted):
-                self._signals.received = exc.signum  # the scraper handled it; later ones wait
-                raise PipelineInterrupted(exc.signum, stage.label) from None
             record.update(status="failed", error=str(exc), seconds=round(time.monotonic() - clock, 1))
             self.state.put(stage.key, record)
             self.statuses[stage.key] = "failed"
@@ -344,20 +237,20 @@ class Pipeline:
     def shared(self, command: str) -> list[str]:
         """The pipeline's keys that each command's config has too."""
         cfg = self.cfg
-        overrides = [assign("data.root", cfg.data.root)]
+        overrides = [override("data.root", cfg.data.root)]
         # Not checkpoint_dir: a sweep gives each trial its own, under the trial's run folder.
         overrides += [
-            assign(f"paths.{key}", cfg.paths[key])
+            override(f"paths.{key}", cfg.paths[key])
             for key in ("data_dir", "model_dir", "log_dir", "cache_dir")
         ]
         if command == "scrape":
-            overrides.append(assign("searchterms", cfg.searchterms))
+            overrides.append(override("searchterms", cfg.searchterms))
         if command in ("train", "review"):
             overrides += [
                 f"model/backbone={cfg.model.backbone}",
-                assign("model.pretrained", cfg.model.pretrained),
-                assign("model.weights_path", cfg.model.weights_path),
-                assign("seed", cfg.seed),
+                override("model.pretrained", cfg.model.pretrained),
+                override("model.weights_path", cfg.model.weights_path),
+                override("seed", cfg.seed),
             ]
         return overrides
 
@@ -404,8 +297,7 @@ class Pipeline:
         from imgclf.scrape.scraper import scrape
 
         cfg = prepared.configs["scrape"]
-        with hydra_config(cfg):
-            summary = scrape(cfg, self.console)
+        summary = scrape(settings(cfg), self.console)
         totals = summary["totals"]
         result = {
             "downloaded": totals["downloaded"],
@@ -459,9 +351,8 @@ class Pipeline:
         for name, need in missing.items():
             if need > 0:
                 by_need.setdefault(need, []).append(name)
-        with hydra_config(cfg):
-            for need, names in by_need.items():
-                summaries.append(top_up(cfg, names, need, self.console))
+        for need, names in by_need.items():
+            summaries.append(top_up(settings(cfg), names, need, self.console))
         per_class = {}
         for name in classes:
             searched = [
@@ -488,9 +379,9 @@ class Pipeline:
     def _prepare_review(self, stage: Stage) -> Prepared:
         review = self.cfg.review
         overrides = self.shared("review") + [
-            assign("fix", review.fix),
+            override("fix", review.fix),
             f"fix_reasons=[{','.join(review.fix_reasons)}]",
-            assign("report_dir", self.round_dir(stage.round) / "review"),
+            override("report_dir", self.round_dir(stage.round) / "review"),
         ]
         cfg = compose_stage("review", overrides + self.stage_overrides("review"), self.run_dir(stage))
         return Prepared(config_digest(cfg), lambda: {"dataset": self.dataset()}, {"review": cfg})
@@ -499,8 +390,7 @@ class Pipeline:
         from imgclf.review.reviewer import review
 
         cfg = prepared.configs["review"]
-        with hydra_config(cfg):
-            found = review(cfg)
+        found = review(settings(cfg))
         flags = Counter(flag.reason for flag in found["flags"])
         moved = Counter(reason for entry in found["quarantined"] for reason in entry["reasons"])
         result = {
@@ -597,11 +487,12 @@ class Pipeline:
             and previous["config"] == prepared.digest
             and all(previous["before"].get(k) == record["before"][k] for k in inputs)
         )
-        if not resume:  # composed again, not edited: best_hparams.yaml is applied by composing again
-            overrides = [*self._train_overrides(), "resume=false"]
+        overrides = self._train_overrides()
+        if not resume:  # composed again, not edited: interpolations follow the key
+            overrides.append("resume=false")
             cfg = compose_stage("train", overrides, self.run_dir(stage))
-        with hydra_config(cfg):
-            metrics = train(cfg)
+        # best_hparams.yaml (a tune stage's, or an earlier sweep's) as `imgclf train` applies it
+        metrics = train(settings(with_best_hparams(cfg, overrides)))
         if "model" not in metrics:
             raise ImgclfError(
                 "training saved no model; leave save_model and trainer.fast_dev_run as they are"
@@ -619,7 +510,7 @@ class Pipeline:
         for split in splits:
             overrides = self.shared("eval") + [
                 f"split={split}",
-                assign("report_dir", self.metrics_path(stage.round, split).parent),
+                override("report_dir", self.metrics_path(stage.round, split).parent),
             ]
             configs[split] = compose_stage(
                 "eval", overrides + self.stage_overrides("eval"), self.run_dir(stage) / split
@@ -639,8 +530,7 @@ class Pipeline:
 
         result, details = {}, {}
         for split, cfg in prepared.configs.items():
-            with hydra_config(cfg):
-                metrics = evaluate(cfg)
+            metrics = evaluate(settings(cfg))
             details[split] = metrics
             result[split] = {
                 "accuracy": metrics["accuracy"],
@@ -704,7 +594,9 @@ class Pipeline:
             if (record := self.state.get(f"{n}.review")) and record.get("result")
         }
         last = scores[max(scores)] if scores else {}
-        weakest = sorted(last, key=lambda name: (last[name], name))[: self.cfg.loop.weakest]
+        from imgclf.scrape.scraper import weakest
+
+        weakest_names = weakest(last, self.cfg.loop.weakest)
         model = self.model_dir / "model.ckpt"
         trained = [
             record["result"]
@@ -720,7 +612,7 @@ class Pipeline:
             "recall": recall,
             "top_up": top_ups,
             "metric": metric,
-            "weakest": [{"class": name, metric: last[name]} for name in weakest],
+            "weakest": [{"class": name, metric: last[name]} for name in weakest_names],
             "model": str(model) if model.is_file() else None,
             "reports": str(self.folder),
         }

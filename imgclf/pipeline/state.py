@@ -19,14 +19,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgclf.errors import ImgclfError
-from imgclf.io import atomic_write_json
+from imgclf.io import atomic_write_json, json_digest
 
 FORMAT = "imgclf.pipeline/1"
 
 
 def digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest(value)
 
 
 def config_digest(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:

@@ -14,7 +14,8 @@ tops it up.
 the class's phrasings in the CSV and the related searches the engines suggest for them.
 
 SIGINT and SIGTERM stop a run cleanly: the work in flight is cancelled, Chromium and its driver are
-closed, no partial file is left (every write is atomic), and :class:`Interrupted` is raised.
+closed, no partial file is left (every write is atomic), and :class:`imgclf.process.Interrupted` is
+raised.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from imgclf.errors import ImgclfError
 from imgclf.locks import exclusive
+from imgclf.process import Interrupted, StopSignals
 from imgclf.scrape.browser import check_executable, open_browser
 from imgclf.scrape.downloader import DownloadSettings, download, make_client
 from imgclf.scrape.engines import (
@@ -59,17 +61,6 @@ from imgclf.scrape.store import DatasetStore, Origin, PreparedImage
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Interrupted(ImgclfError):
-    """The run was stopped by SIGINT or SIGTERM, after closing the browser and the downloads."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name}; nothing half-written was "
-            "left, run the same command again to continue"
-        )
 
 
 class EngineHealth:
@@ -173,6 +164,11 @@ def _scrape(cfg, console, terms, engines, settings, distance) -> dict[str, Any]:
     return summarize(reports, str(store.root), str(store.manifest_path), job.engine_reports)
 
 
+def weakest(scores: Mapping[str, float], count: int) -> list[str]:
+    """The ``count`` classes with the lowest scores, ties by name: the ones a top-up serves first."""
+    return sorted(scores, key=lambda name: (scores[name], name))[:count]
+
+
 def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall") -> list[str]:
     """The ``count`` classes with the lowest ``metric`` (recall or f1) in an evaluation's
     metrics.json (``{"per_class": {class: {"precision", "recall", "f1", "support"}}}``)."""
@@ -207,7 +203,7 @@ def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall"
             f"{path} has no per_class {metric}; point top_up.from at the "
             "metrics.json that scripts/eval.py wrote"
         )
-    return sorted(scores, key=lambda name: (scores[name], name))[:count]
+    return weakest(scores, count)
 
 
 def top_up(
@@ -258,30 +254,21 @@ def run_interruptible(work: Callable[[], Awaitable[T]]) -> T:
     """
 
     async def main() -> T:
-        received: list[int] = []
         task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        handled = []
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
 
-                def stop(signum: int = signum) -> None:
-                    if not received:  # later signals wait for the clean-up the first one began
-                        log.warning("%s received: stopping", signal.Signals(signum).name)
-                        received.append(signum)
-                        task.cancel()
+        def stop(signum: int) -> None:
+            log.warning("%s received: stopping", signal.Signals(signum).name)
+            task.cancel()
 
-                loop.add_signal_handler(signum, stop)
-                handled.append(signum)
-        try:
-            return await work()
-        except asyncio.CancelledError:
-            if received:
-                raise Interrupted(received[0]) from None
-            raise
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
+        signals = StopSignals(stop)  # later signals wait for the clean-up the first one began
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with signals.in_loop(asyncio.get_running_loop()) if in_main_thread else contextlib.nullcontext():
+            try:
+                return await work()
+            except asyncio.CancelledError:
+                if signals.received:
+                    raise Interrupted(signals.received, kept="nothing half-written was left") from None
+                raise
 
     return asyncio.run(main())
 

@@ -56,7 +56,8 @@ from imgclf.data.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
 from imgclf.inference.runtimes import choose_model, load_predictor
-from imgclf.serving.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor, end_children
+from imgclf.process import end_children
+from imgclf.serving.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor
 from imgclf.serving.prometheus import Metrics
 
 log = logging.getLogger(__name__)

@@ -24,14 +24,15 @@ import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgclf.process import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -346,29 +347,24 @@ class Supervisor:
     def __init__(self, state: ServingState, shutdown_timeout: float) -> None:
         self.state = state
         self.shutdown_timeout = shutdown_timeout
-        self.pid = os.getpid()
         self.stopping = False
         self.hurry = False
         self.failure: str | None = None
+        # LitServe's HTTP processes and its manager, forked later, inherit the handler: there the
+        # signals keep their default action.
+        self.signals = StopSignals(self.on_first_signal, self.on_later_signal, in_children="default")
 
     def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.on_signal)
+        self.signals.install()
 
-    def on_signal(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.pid:
-            # A forked child (LitServe's HTTP processes and its manager inherit this handler):
-            # behave as if it had never been installed.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if self.stopping:
-            self.hurry = True
-            return
+    def on_first_signal(self, signum: int) -> NoReturn:
         self.stopping = True
         if self.failure is None:
             self.drain(signal.Signals(signum).name)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # what LitServe's run() stops on
+
+    def on_later_signal(self, signum: int) -> None:
+        self.hurry = True  # stop waiting for the requests in flight
 
     def drain(self, reason: str) -> None:
         self.state.phase.value = DRAINING
@@ -421,16 +417,3 @@ class Supervisor:
         self.abandon(FAILED)
         # LitServe's shutdown runs in the main thread, where its run() waits.
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-
-
-def end_children(timeout: float = 10) -> None:
-    """Stop any child process still running, so that none outlives the main process."""
-    children = mp.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(timeout)
-        if child.is_alive():
-            log.warning("child process %s (pid %d) ignored SIGTERM; killing it", child.name, child.pid)
-            child.kill()
-            child.join()

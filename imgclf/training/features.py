@@ -17,8 +17,6 @@ from its own (view, index) seed, so the store is the same whatever the number of
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
 import time
@@ -35,6 +33,7 @@ from imgclf.data.datamodule import ImageFolderDataModule
 from imgclf.data.hashing import sha256_file
 from imgclf.errors import ImgclfError
 from imgclf.inference.predict import backbone_forward, run_network
+from imgclf.io import json_digest
 from imgclf.training.feature_store import (
     FORMAT,
     FeatureStore,
@@ -76,8 +75,7 @@ def store_key(
         "classes": data.classes,
         "files": data.files(),
     }
-    text = json.dumps(description, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return json_digest(description, length=24)
 
 
 def views_of(data: ImageFolderDataModule, views: int) -> int:

@@ -15,8 +15,6 @@ checkpoint of the same run, and a finished stage costs nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from imgclf.config import build, build_all
 from imgclf.hardware import resolve_precision
+from imgclf.io import json_digest
 from imgclf.training.finetune import StagedFineTuning
 from imgclf.training.module import ClassifierModule
 
@@ -69,8 +68,7 @@ def fingerprint(cfg: DictConfig, files: dict[str, Any]) -> str:
     trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
     relevant["seed"] = cfg.seed
     relevant["files"] = files
-    text = json.dumps(relevant, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest(relevant)
 
 
 class RunIdentity(Callback):

@@ -27,7 +27,6 @@ from imgclf.models.checkpoint import export_model
 from imgclf.training.features import FeatureDataModule
 from imgclf.training.module import ClassifierModule
 from imgclf.training.schedule import FitResult, FitRunner, plan
-from imgclf.tuning.best_hparams import apply_best_hparams
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,8 @@ def accuracy(predictor: Predictor, datamodule: ImageFolderDataModule, split: str
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the classifier described by ``cfg``; returns the best epoch's metrics."""
-    cfg = apply_best_hparams(cfg)
+    """Fit the classifier described by ``cfg`` (conf/train.yaml as composed by the entry point,
+    which applied best_hparams.yaml); returns the best epoch's metrics."""
     check_weights_early(cfg.model)
     pl.seed_everything(cfg.seed, workers=True)
 

@@ -1,17 +1,21 @@
-"""Best hyperparameters: written by a sweep, applied by the next ``train.py``."""
+"""Best hyperparameters: written by a sweep, applied by the next ``train.py``.
+
+The file is data: its parameters are checked against the search space recorded with them, and they
+reach a config only as overrides that the entry point composes (:func:`imgclf.cli.hydra_edge.compose`).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -21,6 +25,7 @@ from optuna.distributions import (
     json_to_distribution,
 )
 
+from imgclf.config import override
 from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write_text
 
@@ -132,109 +137,59 @@ def bare_key(key: str) -> str:
     return key.lstrip("+~").split("@", 1)[0]
 
 
-def override_value(value: Any) -> str:
-    """A parameter's value as Hydra's override grammar reads it back unchanged."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    # Quoted, so that a string such as "1e-3" or "true" stays a string.
-    text = str(value)
-    return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
+@dataclass
+class BestHparams:
+    """What ``best_hparams.yaml`` adds to a command line: ``overrides`` to compose before the
+    command line's own (which win), the parameters they set (``applied``) and the file's record."""
 
+    path: Path
+    overrides: list[str] = field(default_factory=list)
+    applied: dict[str, Any] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict)
 
-def running_job(path: Path) -> DictConfig:
-    """Hydra's record of this run: config name, command-line overrides, group choices, config dir."""
-    from hydra.core.hydra_config import HydraConfig
+    @property
+    def fix(self) -> str:
+        return f"rerun the sweep, fix or remove {self.path}, or pass use_best_hparams=false"
 
-    if not HydraConfig.initialized():
-        raise ImgclfError(
-            f"{path} can only be applied to a config Hydra composed (python scripts/train.py); "
-            "pass use_best_hparams=false"
+    def describe(self, metric: str | None) -> str:
+        score = self.document.get("value")
+        metric = self.document.get("metric", metric)
+        return (
+            f"Using the best hyperparameters from {self.path}"
+            + (f", {metric} {score:.4f}" if isinstance(score, (int, float)) else "")
+            + ": "
+            + ", ".join(f"{k}={v}" for k, v in self.applied.items())
+            + " (use_best_hparams=false trains with the defaults)"
         )
-    return HydraConfig.get()
 
 
-def hydra_for(job: DictConfig) -> contextlib.AbstractContextManager:
-    """Hydra's compose API: the running app's (scripts/train.py), or one on the run's config dir
-    when ``train()`` is called as a library function on a composed config."""
-    from hydra import initialize_config_dir, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return contextlib.nullcontext()
-    main = next(source for source in job.runtime.config_sources if source.provider == "main")
-    if main.schema == "pkg":
-        return initialize_config_module(config_module=main.path)
-    return initialize_config_dir(config_dir=main.path)
-
-
-def recompose(cfg: DictConfig, job: DictConfig, overrides: list[str], path: Path) -> DictConfig:
-    """``cfg`` composed again with ``overrides`` placed before the command line's own.
+def best_hparams_overrides(
+    cfg: DictConfig, command_line: Sequence[str], groups: Iterable[str]
+) -> BestHparams:
+    """The overrides ``${paths.model_dir}/best_hparams.yaml`` adds to ``command_line`` for the
+    config ``cfg`` it composed (``groups``: the config groups it chose from), none when the file is
+    absent or ``use_best_hparams=false``.
 
     A config-group choice (``model/backbone: resnet50``) cannot be set on a composed config: the
-    group's file decides several keys and may bring defaults of its own. Composing again is what
-    the command line would have done; the command line's overrides come last, so they still win.
-    """
-    from hydra import compose
-    from hydra.errors import HydraException
-
-    task = list(job.overrides.task)
-    given = cfg.copy()
-    with open_dict(given):
-        given.pop("hydra", None)
-    fix = f"rerun the sweep, fix or remove {path}, or pass use_best_hparams=false"
-    with hydra_for(job):
-        try:
-            # Composing from the command line must give back the config train() was handed; a
-            # config changed after composition would silently lose those changes.
-            if compose(job.job.config_name, task) != given:
-                raise ImgclfError(
-                    f"{path} cannot be applied: the config passed to train() is not the one "
-                    f"{job.job.config_name!r} composes from this command line; pass use_best_hparams=false"
-                )
-            return compose(job.job.config_name, overrides + task)
-        except HydraException as exc:
-            raise ImgclfError(f"{path} cannot be applied: {str(exc).splitlines()[0]}; {fix}") from None
-
-
-def apply_best_hparams(cfg: DictConfig) -> DictConfig:
-    """Return ``cfg`` with ``${paths.model_dir}/best_hparams.yaml`` applied, when it exists.
-
-    Keys given on the command line win; config-group choices (``model/backbone``) apply too.
+    group's file decides several keys and may bring defaults of its own. So the entry point composes
+    again, these overrides first and the command line after them, as the user would have typed it:
+    keys the command line gives win.
     """
     path = Path(cfg.paths.model_dir) / BEST_HPARAMS
+    best = BestHparams(path)
     if not cfg.get("use_best_hparams", True) or not path.exists():
-        return cfg
-    document = read_best_hparams(path)
-    job = running_job(path)
-    explicit = {bare_key(o.split("=", 1)[0]) for o in job.overrides.task}
-    groups = set(job.runtime.choices)
-    overrides, applied = [], {}
-    for key, value in document["params"].items():
+        return best
+    best.document = read_best_hparams(path)
+    explicit = {bare_key(o.split("=", 1)[0]) for o in command_line}
+    groups = set(groups)
+    for key, value in best.document["params"].items():
         name = bare_key(key)
         known = name in groups or OmegaConf.select(cfg, name, default=_MISSING) is not _MISSING
         if not known and not key.startswith("+"):
-            raise ImgclfError(
-                f"{path}: {key} is not a config key or group of train.py; rerun the sweep, "
-                "fix the file, or pass use_best_hparams=false"
-            )
+            raise ImgclfError(f"{path}: {key} is not a config key or group of train.py; {best.fix}")
         if name in explicit:
             log.info("%s from the command line wins over %s", name, path)
             continue
-        overrides.append(f"{key}={override_value(value)}")
-        applied[key] = value
-    if not applied:
-        return cfg
-    cfg = recompose(cfg, job, overrides, path)
-    score = document.get("value")
-    metric = document.get("metric", cfg.get("optimized_metric"))
-    log.info(
-        "Using the best hyperparameters from %s%s: %s (use_best_hparams=false trains with the defaults)",
-        path,
-        f", {metric} {score:.4f}" if isinstance(score, (int, float)) else "",
-        ", ".join(f"{k}={v}" for k, v in applied.items()),
-    )
-    return cfg
+        best.overrides.append(override(key, value))
+        best.applied[key] = value
+    return best

@@ -57,13 +57,12 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from imgclf.config import build
+from imgclf.config import build, override
 from imgclf.errors import ImgclfError
 from imgclf.tuning.best_hparams import (
     BEST_HPARAMS,
     bare_key,
     outside_space,
-    override_value,
     space_key_problem,
     write_best_hparams,
 )
@@ -140,7 +139,7 @@ class SearchSpace:
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         return (
-            [f"{key}={override_value(value)}" for key, value in params.items()]
+            [override(key, value) for key, value in params.items()]
             + [f"{key}={value}" for key, value in self.fixed.items()]
             + self.deletions
         )
