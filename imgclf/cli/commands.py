@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgclf.cli import reports
-from imgclf.cli.hydra_edge import command, quiet_lightning_tips, run
+from imgclf.cli.hydra_edge import command, quiet_lightning_tips, run, running, settings
 from imgclf.errors import ImgclfError
 from imgclf.process import exits_cleanly
 
@@ -134,13 +134,17 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
     from rich.console import Console
 
     from imgclf.pipeline import Pipeline
+    from imgclf.pipeline.settings import PipelineSettings
 
     # httpx logs every request at INFO, which would bury the scraper's progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     quiet_lightning_tips()
     console = Console()
     with exits_cleanly():
-        runner = Pipeline(cfg, console, on_stage=lambda *args: reports.pipeline_stage(console, cfg, *args))
+        typed = PipelineSettings.from_config(settings(running(cfg)))
+        runner = Pipeline(
+            typed, console, on_stage=lambda *args: reports.pipeline_stage(console, typed, *args)
+        )
         summary = runner.run()
     reports.pipeline_summary(console, summary)
     return summary

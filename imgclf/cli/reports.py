@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -78,7 +77,7 @@ def export(result: dict) -> None:
         print(int8["message"])
 
 
-def pipeline_stage(console: Console, cfg: DictConfig, stage, status: str, record: dict, details: Any) -> None:
+def pipeline_stage(console: Console, cfg: Any, stage: Any, status: str, record: dict, details: Any) -> None:
     """What the stage's own command prints, after it ran."""
     if status != "ran":
         return

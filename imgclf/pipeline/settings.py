@@ -1,0 +1,142 @@
+"""The pipeline's settings as types: ``conf/pipeline.yaml``, composed by ``imgclf pipeline``, checked
+against these dataclasses (OmegaConf's structured configs) and handed to :class:`~imgclf.pipeline.Pipeline`
+as a :class:`PipelineSettings` object. A value of the wrong type or out of range stops the command
+before any stage, naming the key and what to give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from imgclf.errors import ImgclfError
+from imgclf.review.findings import check_reasons
+
+METRICS = ("recall", "f1")
+STAGE_SECTIONS = ("scrape", "review", "tune", "train", "eval")
+
+
+@dataclass
+class Paths:
+    """``conf/paths/default.yaml``: shared by every command (relative to where it runs)."""
+
+    data_dir: str = "data"
+    model_dir: str = "data/trained_model"
+    log_dir: str = "logs"
+    checkpoint_dir: str = "data/trained_model/checkpoints"
+    cache_dir: str = "data/feature_cache"
+    output_dir: str = "."  # the command's run folder
+
+
+@dataclass
+class Data:
+    root: str = "data/image_dataset"
+
+
+@dataclass
+class Model:
+    """The network for training, tuning and the review's label check."""
+
+    backbone: str = "inception_v3"  # conf/model/backbone/NAME.yaml
+    pretrained: bool = True
+    weights_path: Optional[str] = None
+
+
+@dataclass
+class Loop:
+    """Each later round tops up the ``weakest`` classes with the lowest ``metric`` on val."""
+
+    weakest: int = 1
+    metric: str = "recall"
+    extra_images: int = 20
+
+
+@dataclass
+class Stage:
+    """A stage's own Hydra overrides of its command's config, applied after the shared keys."""
+
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Review(Stage):
+    fix: Optional[str] = "quarantine"
+    fix_reasons: list[str] = field(
+        default_factory=lambda: ["undecodable", "truncated", "tiny", "exact_duplicate", "leakage"]
+    )
+
+
+@dataclass
+class Tune(Stage):
+    n_trials: int = 0  # > 0: an Optuna sweep before the first training
+
+
+@dataclass
+class PipelineSettings:
+    searchterms: str = "data/searchterms.csv"
+    seed: int = 42
+    rounds: int = 1
+    task_name: str = "pipeline"
+    paths: Paths = field(default_factory=Paths)
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    loop: Loop = field(default_factory=Loop)
+    scrape: Stage = field(default_factory=Stage)
+    review: Review = field(default_factory=Review)
+    tune: Tune = field(default_factory=Tune)
+    train: Stage = field(default_factory=Stage)
+    eval: Stage = field(default_factory=Stage)
+
+    def __post_init__(self) -> None:
+        """What no type says: the ranges and the choices."""
+        for key, value, minimum in [
+            ("rounds", self.rounds, 1),
+            ("tune.n_trials", self.tune.n_trials, 0),
+            ("loop.weakest", self.loop.weakest, 1),
+            ("loop.extra_images", self.loop.extra_images, 1),
+        ]:
+            if value < minimum:
+                raise ImgclfError(f"{key}={value}: give a whole number of at least {minimum}")
+        if self.loop.metric not in METRICS:
+            raise ImgclfError(f"loop.metric={self.loop.metric}: use recall or f1")
+        if self.review.fix not in (None, "quarantine"):
+            raise ImgclfError(f"review.fix={self.review.fix}: use quarantine, or null to only report")
+        check_reasons(list(self.review.fix_reasons))
+
+    def section(self, name: str) -> Stage:
+        """A stage's section (``scrape``, ``review``, ``tune``, ``train``, ``eval``)."""
+        return getattr(self, name)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | PipelineSettings) -> PipelineSettings:
+        """The composed ``conf/pipeline.yaml`` (resolved, without Hydra's node), checked and typed."""
+        if isinstance(cfg, PipelineSettings):
+            return cfg
+        if "hydra" in cfg:  # composed with Hydra's node (the compose API's return_hydra_config)
+            from imgclf.cli.hydra_edge import settings
+
+            cfg = settings(cfg)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        for name in STAGE_SECTIONS:
+            overrides = (plain.get(name) or {}).get("overrides")
+            if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+                raise ImgclfError(
+                    f"{name}.overrides must be a list of key=value strings, e.g. "
+                    f"'{name}.overrides=[\"data.num_workers=0\"]'"
+                )
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(cls), plain)
+            return OmegaConf.to_object(typed)
+        except OmegaConfBaseException as exc:
+            raise ImgclfError(f"{describe(exc)}; see conf/pipeline.yaml") from None
+
+
+def describe(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's validation error as the key, the value given and what was wanted."""
+    key: Any = getattr(exc, "full_key", None)
+    message = str(exc).splitlines()[0]
+    if "not in" in message and "Key" in message:
+        return f"{key}: no such setting of the pipeline"
+    return f"{key}: {message}" if key else message
