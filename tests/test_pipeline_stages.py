@@ -3,10 +3,14 @@ without running a stage's work (test_pipeline.py runs the whole pipeline in real
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import compose
 
+from imgclf.errors import ImgclfError
 from imgclf.pipeline import Pipeline
+from imgclf.pipeline.settings import PipelineSettings
 from imgclf.pipeline.stages import (
     EvalStage,
     Prepared,
@@ -155,3 +159,29 @@ def test_a_later_round_in_progress_keeps_round_one_done_unless_its_csv_changed(t
     (tmp_path / "terms.csv").write_text(CSV + "bird,2,bird,train\n")
     scrape = ScrapeStage(1, pipeline(tmp_path, "rounds=2").context)
     assert not scrape.finished(fresh.state.get("1.scrape"), scrape.prepare(), history=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rounds=abc", "rounds: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("rounds=true", "rounds: Value 'True' of type 'bool' could not be converted to Integer"),
+        ("loop.extra_images=0", "loop.extra_images=0: give a whole number of at least 1"),
+        ("loop.weakest=1.5", "loop.weakest: Value '1.5' of type 'float' could not be converted to Integer"),
+        ("model.pretrained=maybe", "model.pretrained: Value 'maybe' is not a valid bool"),
+        ("review.fix=delete", "review.fix=delete: use quarantine, or null to only report"),
+        ("train.overrides=3", "train.overrides must be a list of key=value strings"),
+    ],
+)
+def test_settings_are_typed_and_a_wrong_one_names_its_key(tmp_path, override, message):
+    with pytest.raises(ImgclfError, match=re.escape(message)):
+        pipeline(tmp_path, override)
+
+
+def test_the_typed_settings_are_what_the_stages_read(tmp_path):
+    run = pipeline(tmp_path, "rounds=2", "loop.metric=f1", 'eval.overrides=["num_workers=0"]')
+    assert isinstance(run.cfg, PipelineSettings)
+    assert run.cfg.rounds == 2 and run.cfg.loop.metric == "f1" and run.cfg.model.weights_path is None
+    assert run.cfg.paths.output_dir == str(tmp_path / "run"), "the run folder is resolved"
+    assert run.context.overrides("eval") == ["num_workers=0"]
+    assert EvalStage(1, run.context).prepare().configs["val"].num_workers == 0
