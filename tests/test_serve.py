@@ -515,6 +515,26 @@ def test_missing_model_fails_before_serving(tmp_path):
         build_server(cfg)
 
 
+def test_the_model_is_chosen_once_per_start(model_path, tmp_path, monkeypatch):
+    """build_server chooses the file; /info and the workers' predictor use that choice."""
+    from imgclf.inference import runtimes
+    from imgclf.serving import app
+
+    choose, choices = runtimes.choose_model, []
+
+    def counted(*args, **kwargs):
+        choices.append(choose(*args, **kwargs))
+        return choices[-1]
+
+    monkeypatch.setattr(app, "choose_model", counted)
+    monkeypatch.setattr(runtimes, "choose_model", counted)  # as load_predictor would call it
+    server = app.build_server(compose("serve", [f"ckpt_path={model_path}"], output_dir=tmp_path))
+    api = server.lit_api
+    assert len(choices) == 1 and api.choice is choices[0]
+    predictor = api.open_predictor("cpu")  # what each inference worker does in setup
+    assert len(choices) == 1 and predictor.runtime == api.choice.runtime == "torch"
+
+
 def test_busy_port_is_a_clear_error():
     from imgclf.errors import ImgclfError
     from imgclf.serving.app import check_port_free

@@ -1,1 +1,1 @@
-"""The HTTP server: the original's POST /classify on LitServe, its lifecycle and metrics."""
+"""The HTTP server: the original's POST /classify on LitServe, its middlewares, lifecycle and metrics."""

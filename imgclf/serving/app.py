@@ -2,13 +2,14 @@
 
 How a request travels, and why nothing a client sends can fail someone else's request:
 
-1. In the HTTP process, uvicorn (with :class:`BoundedHttpProtocol`) bounds the connections, the
-   time and size of request headers and the idle time between requests; :class:`RequestGuard`
-   answers requests that are not a multipart form or that announce a body over the payload limit;
-   :class:`imgclf.serving.lifecycle.Admission` answers 503 while the server cannot take the request
-   (loading, draining, overloaded), reads the body within ``body_timeout_s`` (else 408) and up to
-   the payload limit (else 413), and only then admits it to the model; ``ClassifierAPI.authorize``
-   parses the form, so that a malformed multipart body gets a 400 there.
+1. In the HTTP process, uvicorn (with :class:`~imgclf.serving.litserve_adapter.BoundedHttpProtocol`)
+   bounds the connections, the time and size of request headers and the idle time between
+   requests; the middlewares (:mod:`imgclf.serving.middleware`, in the order a request meets them)
+   count the answer, add the CORS headers, answer requests that are not a multipart form or that
+   announce a body over the payload limit, answer 503 while the server cannot take the request
+   (loading, draining, overloaded), read the body within ``body_timeout_s`` (else 408) and up to
+   the payload limit (else 413), and only then admit it to the model; ``ClassifierAPI.authorize``
+   checks the API key and parses the form, so that a malformed multipart body gets a 400 there.
 2. In the inference worker, LitServe's own batching loop gathers requests into a batch, and
    ``decode_request`` decodes and preprocesses each one on its own, before the batch is stacked
    for the model, and never raises: a missing field or an undecodable image becomes a
@@ -16,18 +17,19 @@ How a request travels, and why nothing a client sends can fail someone else's re
 3. ``predict`` runs the model once on the good images of the batch; ``encode_response`` turns each
    slot into its own answer, ``200`` with ranked predictions or ``4xx`` with the error.
 
-Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``, and
-carries the CORS headers (``cors_origins``) as every answer does (uvicorn's own refusals, past
-``limit_concurrency`` or for malformed or oversized headers, are plain text). With an API key set
-(``LIT_SERVER_API_KEY``), ``/classify``, ``/info`` and ``/metrics`` need it; ``/health`` and the
-page at ``/`` do not.
-The server loads only the model file it was started with and never fetches anything a client
-names: the image bytes must be in the request.
+Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``
+(:func:`imgclf.serving.middleware.error_response`), and carries the CORS headers
+(``cors_origins``) as every answer does (uvicorn's own refusals, past ``limit_concurrency`` or for
+malformed or oversized headers, are plain text). With an API key set (``LIT_SERVER_API_KEY``),
+``/classify``, ``/info`` and ``/metrics`` need it; ``/health`` and the page at ``/`` do not.
+The server loads only the model file chosen once at start (``choose_model``) and never fetches
+anything a client names: the image bytes must be in the request. What LitServe and uvicorn offer
+no option for is done in :mod:`imgclf.serving.litserve_adapter`, and nowhere else.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hmac
 import logging
 import multiprocessing as mp
@@ -44,36 +46,30 @@ import litserve as ls
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from litserve.loops import BatchedLoop
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from imgclf.data.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
-from imgclf.inference.runtimes import choose_model, load_predictor
+from imgclf.inference.predict import Predictor, PredictorBase
+from imgclf.inference.runtimes import ModelChoice, OnnxPredictor, choose_model
 from imgclf.process import end_children
-from imgclf.serving.lifecycle import WORKER_DIED, Admission, ServingState, Supervisor
-from imgclf.serving.prometheus import Metrics
+from imgclf.serving import litserve_adapter, middleware, prometheus
+from imgclf.serving.lifecycle import WORKER_DIED, ServingState, Supervisor
+from imgclf.serving.middleware import BATCH_SIZE_HEADER, USAGE, error_response
 
 log = logging.getLogger(__name__)
 
 API_PATH = "/classify"
 INFO_PATH = "/info"
 HEALTH_PATH = "/health"
-# LitServe's own /info (devices, workers, timeouts) moves aside for the model's.
+# LitServe's own /info answers {"model": <fixed metadata>, "server": <its settings>}: neither the
+# fields /info has always had at its top level nor the live counts, so it keeps its own path.
 LITSERVE_INFO_PATH = "/info/litserve"
-BATCH_SIZE_HEADER = "X-Batch-Size"
-# LitServe checks its workers every monitor_internal seconds and, finding one dead, shuts down from
-# its monitoring thread, racing the Supervisor's own stop; the Supervisor watches them instead.
-NO_LITSERVE_MONITOR = 10**9
 HOSTS = ("0.0.0.0", "127.0.0.1", "::")
 ACCELERATORS = ("cpu", "cuda", "auto")
-USAGE = "send the image as a multipart form file field: curl -F img=@photo.jpg"
 NO_API_KEY = "invalid or missing X-API-Key header"
 
 
@@ -104,23 +100,16 @@ class Answer:
     batch_size: int
 
 
-def error_response(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "error": error}, status_code=status, headers=headers)
-
-
-def has_api_key(headers: Headers) -> bool:
-    """Whether the request carries the API key (``LIT_SERVER_API_KEY``), or none is set."""
-    api_key = os.environ.get("LIT_SERVER_API_KEY")
-    return not api_key or hmac.compare_digest(headers.get("x-api-key", "").encode(), api_key.encode())
-
-
-def api_key_refusal(headers: Headers) -> JSONResponse | None:
-    return None if has_api_key(headers) else error_response(401, NO_API_KEY)
-
-
 def require_api_key(request: Request) -> None:
-    """A FastAPI dependency: 401 without the API key."""
-    if not has_api_key(request.headers):
+    """401 unless the request carries the API key (``LIT_SERVER_API_KEY``), or none is set.
+
+    The server's one key check: LitServe's ``authorize`` hook for its routes, a dependency of ours.
+    LitServe's own check does not apply (it is off for an API with an ``authorize`` hook), and
+    would not do the same: it reads the key once, at import, compares it in variable time, and
+    answers a missing key with FastAPI's "Not authenticated" and a wrong one with another message.
+    """
+    api_key = os.environ.get("LIT_SERVER_API_KEY")
+    if api_key and not hmac.compare_digest(request.headers.get("x-api-key", "").encode(), api_key.encode()):
         raise HTTPException(401, NO_API_KEY)
 
 
@@ -146,11 +135,11 @@ def image_bytes(form: Any) -> bytes:
 
 
 class ClassifierAPI(ls.LitAPI):
-    """One model file behind ``POST /classify``; the same predictor as classify.py (``runtime``)."""
+    """One model file behind ``POST /classify``; the same predictor as classify.py for ``choice``."""
 
     def __init__(
         self,
-        ckpt_path: str | os.PathLike,
+        choice: ModelChoice,
         state: ServingState,
         precision: str = "auto",
         channels_last: bool = True,
@@ -158,7 +147,6 @@ class ClassifierAPI(ls.LitAPI):
         threads: int | None = None,
         max_batch_size: int = 8,
         batch_timeout: float = 0.01,
-        runtime: str = "torch",
     ) -> None:
         # LitServe's batched loop even for max_batch_size=1, so that rejections work the same way.
         super().__init__(
@@ -167,13 +155,12 @@ class ClassifierAPI(ls.LitAPI):
             api_path=API_PATH,
             loop=BatchedLoop(),
         )
-        self.ckpt_path = str(ckpt_path)
+        self.choice = choice
         self.state = state
         self.precision = precision
         self.channels_last = channels_last
         self.max_pixels = int(max_pixels)
         self.threads = threads
-        self.runtime = runtime
         # Written by the inference worker once it has checked bf16 against fp32, read by /info in
         # the HTTP processes: shared memory, as the two never share Python objects.
         self.resolved_precision = mp.get_context("spawn").Array("c", 32)
@@ -182,7 +169,7 @@ class ClassifierAPI(ls.LitAPI):
         """Load the model in the background, so that the HTTP server is up, answering 503, meanwhile.
 
         LitServe starts its HTTP processes only once ``setup`` has returned; until the model is
-        loaded :class:`~imgclf.serving.lifecycle.Admission` keeps every request away from this worker.
+        loaded :class:`~imgclf.serving.middleware.Admission` keeps every request away from this worker.
         """
         # Ctrl+C in a terminal reaches every process of the group; the main process decides when
         # workers stop, after the requests in flight are answered.
@@ -193,34 +180,37 @@ class ClassifierAPI(ls.LitAPI):
 
     def load(self, device: str) -> None:
         try:
-            self.predictor = load_predictor(
-                self.ckpt_path,
-                self.runtime,
-                precision=self.precision,
-                channels_last=self.channels_last,
-                device=device,
-                threads=self.threads,
-                # ONNX Runtime's threads sleep between batches rather than spin: the HTTP server and
-                # the decoding share the cores. Served/in-process at concurrency 8, 2 cores, int8
-                # Inception v3 at 299 px: 92 % against 83 % spinning (docs/benchmarks.md).
-                spin=False,
-            )
+            self.predictor = self.open_predictor(device)
         except Exception as exc:
             if isinstance(exc, ImgclfError):
-                log.error("cannot load %s: %s", self.ckpt_path, exc)
+                log.error("cannot load %s: %s", self.choice.path, exc)
             else:
-                log.exception("cannot load %s", self.ckpt_path)
+                log.exception("cannot load %s", self.choice.path)
             os._exit(1)  # the main process sees this worker die and stops the server
         self.resolved_precision.value = self.predictor.precision.encode()
         self.state.model_loaded()
+
+    def open_predictor(self, device: str) -> PredictorBase:
+        """The predictor for the file chosen at start-up, opened as ``load_predictor`` opens it.
+
+        (``load_predictor`` itself would run ``choose_model`` again, in every worker.)
+        """
+        if self.choice.runtime == "torch":
+            return Predictor.from_file(
+                self.choice.path, precision=self.precision, channels_last=self.channels_last, device=device
+            )
+        # ONNX Runtime's threads sleep between batches rather than spin: the HTTP server and the
+        # decoding share the cores. Served/in-process at concurrency 8, 2 cores, int8 Inception v3
+        # at 299 px: 92 % against 83 % spinning (docs/benchmarks.md).
+        return OnnxPredictor.from_file(self.choice.path, threads=self.threads, spin=False)
 
     async def authorize(self, request: Request) -> None:
         """Parse the form in the HTTP process, before LitServe's route handler does.
 
         LitServe runs ``authorize`` as a FastAPI dependency of the route, on the same request
         object, so the route finds the form already parsed. A malformed multipart body fails here
-        as a 400; inside LitServe's handler it would become a 500. Taking this hook switches off
-        LitServe's ``LIT_SERVER_API_KEY`` check, so it is repeated here.
+        as a 400; inside LitServe's handler it would become a 500. LitServe gives this hook every
+        route of its own (``/info/litserve`` among them), so the API key is checked here.
         """
         require_api_key(request)
         await request.form()
@@ -262,39 +252,6 @@ class ClassifierAPI(ls.LitAPI):
         return JSONResponse({"predictions": output.result, "success": True}, headers=headers)
 
 
-class RequestGuard:
-    """Answers, before any body is read, the requests ``/classify`` cannot take.
-
-    Without it LitServe parses any non-form body as JSON and answers a failure with a 500.
-    """
-
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
-        self.app = app
-        self.path = path
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
-            response = self.check(Headers(scope=scope))
-            if response is not None:
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def check(self, headers: Headers) -> JSONResponse | None:
-        content_type = headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            return error_response(415, f"content type {content_type or 'none'!r} is not accepted; {USAGE}")
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return error_response(413, too_large(self.max_bytes))
-        return None
-
-
-def too_large(max_bytes: int) -> str:
-    return f"the request is over the limit of {max_bytes:,} bytes; send a smaller image"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Every error the app answers is JSON ``{"success": false, "error": ...}``, never HTML.
 
@@ -311,12 +268,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
-def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
+def model_info(cfg: Any, choice: ModelChoice, api: ClassifierAPI) -> dict[str, Any]:
     """What /info reports that does not change while serving; precision and load are read live."""
-    # Also fails fast, in the main process, on a bad path or a runtime that cannot run;
-    # the worker's load_predictor makes the same choice from the same files.
-    device = "cuda" if uses_cuda(cfg.accelerator) else "cpu"
-    choice = choose_model(cfg.ckpt_path, cfg.runtime, cfg.precision, device)
     record = choice.record()
     return {
         "backbone": record["architecture"]["backbone"]["name"],
@@ -342,7 +295,9 @@ def model_info(cfg: Any, api: ClassifierAPI) -> dict[str, Any]:
     }
 
 
-def add_info_endpoint(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
+def add_routes(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
+    """``GET /info`` (the model, the settings, the live load) and ``GET /metrics``, behind the key."""
+
     async def model_info_endpoint() -> dict[str, Any]:
         precision = api.resolved_precision.value.decode() or "loading"
         live = {
@@ -352,39 +307,12 @@ def add_info_endpoint(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) ->
         }
         return {**info, "precision": precision, "server": {**info["server"], **live}, "success": True}
 
-    app.add_api_route(
-        INFO_PATH, model_info_endpoint, methods=["GET"], dependencies=[Depends(require_api_key)]
-    )
+    async def metrics_endpoint() -> Response:
+        return prometheus.scrape(api.state)
 
-
-class JSONCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
-
-    def preflight_response(self, request_headers: Headers) -> JSONResponse:
-        response = super().preflight_response(request_headers)
-        if response.status_code == 200:
-            return response
-        headers = {
-            k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
-        }
-        error = f"CORS preflight refused: {response.body.decode()}; see cors_origins in conf/serve.yaml"
-        return error_response(response.status_code, error, headers)
-
-
-def cors_middleware(origins: Sequence[str]) -> tuple[type, dict[str, Any]] | None:
-    """CORS for ``origins`` (``["*"]``: any web page may call the API, as the original allowed)."""
-    if not origins:
-        return None
-    return (
-        JSONCORSMiddleware,
-        {
-            "allow_origins": list(origins),
-            "allow_methods": ["GET", "POST"],
-            "allow_headers": ["*"],
-            "expose_headers": [BATCH_SIZE_HEADER, "Retry-After"],
-            "max_age": 600,
-        },
-    )
+    key = [Depends(require_api_key)]
+    app.add_api_route(INFO_PATH, model_info_endpoint, methods=["GET"], dependencies=key)
+    app.add_api_route(prometheus.METRICS_PATH, metrics_endpoint, methods=["GET"], dependencies=key)
 
 
 def page_html() -> str:
@@ -435,10 +363,15 @@ def build_server(cfg: Any) -> ls.LitServer:
     Its :class:`~imgclf.serving.lifecycle.ServingState` is ``server.lit_api.state``.
     """
     check_settings(cfg)
+    device = "cuda" if uses_cuda(cfg.accelerator) else "cpu"
+    # Once per start, in the main process: a bad path or a runtime that cannot run fails before
+    # anything is started, and /info and the inference workers use this one answer.
+    choice = choose_model(cfg.ckpt_path, cfg.runtime, cfg.precision, device)
+    log.info("runtime %s: %s, %s (%s)", cfg.runtime, choice.runtime, choice.path, choice.reason)
     # max_in_flight is sized below, once LitServe knows its devices.
     state = ServingState(workers=1, max_in_flight=1, max_uploads=int(cfg.max_uploads))
     api = ClassifierAPI(
-        cfg.ckpt_path,
+        choice,
         state,
         precision=cfg.precision,
         channels_last=cfg.channels_last,
@@ -446,32 +379,16 @@ def build_server(cfg: Any) -> ls.LitServer:
         threads=cpu_threads(cfg),
         max_batch_size=cfg.max_batch_size,
         batch_timeout=cfg.batch_timeout,
-        runtime=cfg.runtime,
     )
-    info = model_info(cfg, api)
-    max_bytes = int(cfg.max_payload_mb * 1024 * 1024)
-    admission = {
-        "state": state,
-        "api_path": API_PATH,
-        "health_path": HEALTH_PATH,
-        "page": page_html(),
-        "body_timeout": float(cfg.body_timeout_s),
-        # Admission reads the body, so it enforces the limit (LitServe's max_payload_size would
-        # raise from inside that read, past FastAPI's error handlers).
-        "max_bytes": max_bytes,
-        "too_large": error_response(413, too_large(max_bytes)),
-    }
-    # Starlette runs the last of these first: the metrics, CORS, the request checks, admission.
-    middlewares: list[tuple[type, dict[str, Any]]] = [
-        (Admission, admission),
-        (RequestGuard, {"path": API_PATH, "max_bytes": max_bytes}),
-    ]
-    cors = cors_middleware(list(cfg.cors_origins))
-    if cors:
-        middlewares.append(cors)
-    paths = ("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH)
-    middlewares.append(
-        (Metrics, {"state": state, "api_path": API_PATH, "paths": paths, "refuse": api_key_refusal})
+    middlewares = middleware.stack(
+        state,
+        api_path=API_PATH,
+        health_path=HEALTH_PATH,
+        paths=("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH),
+        page=page_html(),
+        body_timeout=float(cfg.body_timeout_s),
+        max_bytes=int(cfg.max_payload_mb * 1024 * 1024),
+        cors_origins=list(cfg.cors_origins),
     )
     server = ls.LitServer(
         api,
@@ -485,87 +402,14 @@ def build_server(cfg: Any) -> ls.LitServer:
         fast_queue=cfg.fast_queue,
         middlewares=middlewares,
     )
-    server.monitor_internal = NO_LITSERVE_MONITOR
     # How long uvicorn lets requests finish once stopped, Ctrl+C in a terminal stopping it directly.
-    server.uvicorn_graceful_timeout = float(cfg.shutdown_timeout) + 5
-    state.workers = len(server.devices) * int(cfg.workers_per_device)
+    litserve_adapter.configure(server, graceful_timeout=float(cfg.shutdown_timeout) + 5)
+    state.workers = litserve_adapter.device_count(server) * int(cfg.workers_per_device)
     state.max_in_flight = int(cfg.max_queue) + state.workers * int(cfg.max_batch_size)
-    install_error_handlers(server.app)
-    add_info_endpoint(server.app, info, api)
+    app = litserve_adapter.fastapi_app(server)
+    install_error_handlers(app)
+    add_routes(app, model_info(cfg, choice, api), api)
     return server
-
-
-class BoundedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol (httptools), with a deadline and a size bound on request headers.
-
-    uvicorn bounds the idle time after an answer (``timeout_keep_alive``) but neither the wait for
-    a request's headers nor their size: a client that connects and says nothing, or sends its
-    headers a byte at a time, would hold its connection, and a place under ``limit_concurrency``,
-    for ever. Here the headers must be complete within ``header_timeout`` seconds of the
-    connection or of the previous answer, or the connection is closed; headers over
-    ``max_header_bytes`` get uvicorn's own 400. The body has its own deadline (``Admission``).
-    Configured through :func:`bounded_protocol`.
-    """
-
-    header_timeout = 10.0
-    max_header_bytes = 64 * 1024
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.header_deadline: asyncio.TimerHandle | None = None
-        self.arm()
-
-    def arm(self) -> None:
-        self.header_bytes = 0
-        self.header_deadline = self.loop.call_later(self.header_timeout, self.headers_too_slow)
-
-    def disarm(self) -> None:
-        if self.header_deadline is not None:
-            self.header_deadline.cancel()
-            self.header_deadline = None
-
-    def headers_too_slow(self) -> None:
-        self.header_deadline = None
-        # Only between requests: a request whose headers are in is the app's (and Admission's).
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.close()
-
-    def count(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.max_header_bytes:
-            # Raised in a parser callback, it reaches uvicorn as a parser error: a 400, closed.
-            raise ValueError("request headers too large")
-
-    def on_url(self, url: bytes) -> None:
-        self.count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.count(len(name) + len(value))
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self.disarm()
-        super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self.disarm()
-            self.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.disarm()
-        super().connection_lost(exc)
-
-
-def bounded_protocol(cfg: Any) -> type[BoundedHttpProtocol]:
-    """:class:`BoundedHttpProtocol` with the configured bounds, for uvicorn's ``http`` option."""
-    bounds = {
-        "header_timeout": float(cfg.header_timeout_s),
-        "max_header_bytes": int(cfg.max_header_kb) * 1024,
-    }
-    return type("ConfiguredHttpProtocol", (BoundedHttpProtocol,), bounds)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -591,7 +435,7 @@ def serve(cfg: Any) -> int:
     state = server.lit_api.state
     supervisor = Supervisor(state, shutdown_timeout=float(cfg.shutdown_timeout))
     supervisor.install()
-    supervisor.watch(lambda: getattr(server, "inference_workers", []), expected=state.workers)
+    supervisor.watch(functools.partial(litserve_adapter.inference_workers, server), expected=state.workers)
     try:
         server.run(
             host=cfg.host,
@@ -602,7 +446,9 @@ def serve(cfg: Any) -> int:
             access_log=cfg.access_log,
             # uvicorn's options, passed through by LitServe: past limit_concurrency connections (per
             # HTTP process) a new request gets uvicorn's plain 503
-            http=bounded_protocol(cfg),
+            http=litserve_adapter.bounded_protocol(
+                header_timeout=float(cfg.header_timeout_s), max_header_bytes=int(cfg.max_header_kb) * 1024
+            ),
             limit_concurrency=int(cfg.limit_concurrency),
             timeout_keep_alive=float(cfg.keep_alive_timeout_s),
         )

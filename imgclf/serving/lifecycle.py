@@ -11,16 +11,15 @@ shared memory:
   have admitted to the model and not yet answered: counted apart, so that slow uploads never hold
   the slots of requests ready for the model.
 
-:class:`Admission`, the outermost middleware of ours, answers from that state in the HTTP
-processes; :class:`Supervisor` changes it in the main process, on a signal or a worker's death.
+:class:`imgclf.serving.middleware.Admission`, the innermost of the server's middlewares, answers
+from that state in the HTTP processes; :class:`Supervisor` changes it in the main process, on a
+signal or a worker's death.
 A stop always ends in LitServe's own shutdown (the one Ctrl+C starts), then a sweep that ends any
 child process still there, so that nothing outlives the main process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -28,9 +27,6 @@ import signal
 import threading
 import time
 from typing import Any, Callable, NoReturn
-
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.process import StopSignals
 
@@ -40,26 +36,9 @@ SERVING, DRAINING, STOPPING, FAILED = 0, 1, 2, 3
 # Exit status after an inference worker died: not 2 (a configuration error, which a restart
 # cannot fix), so that a process manager can restart on 3 and give up on 2.
 WORKER_DIED = 3
-# How often a request waiting for the model checks that a worker is still there to answer it.
-WATCH_PERIOD = 0.2
 # Longest the main process waits, once it gives up on the requests in flight, for them to get their
-# 503 (see Admission.answer_unless_abandoned).
+# 503 (see imgclf.serving.middleware.Admission.answer_unless_abandoned).
 ABANDON_WAIT = 5.0
-
-
-def unavailable(error: str, retry_after: int, close: bool = False) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)}
-    if close:
-        headers["Connection"] = "close"
-    return JSONResponse({"success": False, "error": error}, status_code=503, headers=headers)
-
-
-def timed_out(timeout: float) -> JSONResponse:
-    return JSONResponse(
-        {"success": False, "error": f"the request body did not arrive within {timeout:g} s; send it again"},
-        status_code=408,
-        headers={"Connection": "close"},
-    )
 
 
 class ServingState:
@@ -114,209 +93,6 @@ class ServingState:
 
     def leave(self) -> None:
         self._give_back(self.in_flight)
-
-
-class BodyTimeout(Exception):
-    """The client did not send its whole body in time."""
-
-
-class BodyTooLarge(Exception):
-    """The body grew past the payload limit."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body was complete."""
-
-    def __init__(self, received: int) -> None:
-        super().__init__(received)
-        self.received = received
-
-
-class Admission:
-    """Decides, in the HTTP process, which requests reach LitServe, from :class:`ServingState`.
-
-    ``GET /health`` is 200 ``ok`` only while every worker has its model loaded and none has died;
-    otherwise 503. ``POST /classify`` gets a 503 at once while the model loads, during a drain,
-    after a worker died, and when ``max_uploads`` bodies are already arriving. Its body is then
-    read here, whole, within ``body_timeout`` seconds (or a 408, and the connection closed) and
-    up to ``max_bytes`` (or a 413); only then does it take one of the ``max_in_flight`` slots
-    for the model (or a 503), so that a client that stalls its upload holds an upload slot for
-    ``body_timeout`` at most and never a slot of the model. A request still waiting when a worker
-    dies, or when the drain runs out of time, gets a 503 rather than waiting for ever. Every 503
-    is JSON with a ``Retry-After``. ``GET /`` is the page to try the model (``page``).
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        state: ServingState,
-        api_path: str,
-        health_path: str,
-        page: str,
-        body_timeout: float,
-        max_bytes: int,
-        too_large: JSONResponse,
-    ) -> None:
-        self.app = app
-        self.state = state
-        self.api_path = api_path
-        self.health_path = health_path
-        self.page = page
-        self.body_timeout = body_timeout
-        self.max_bytes = max_bytes
-        self.too_large = too_large
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path, method = scope["path"], scope["method"]
-        if path == self.api_path and method == "POST":
-            await self.classify(scope, receive, send)
-        elif path == self.health_path and method == "GET":
-            await self.health()(scope, receive, send)
-        elif path == "/" and method == "GET":
-            # LitServe answers "/" with a line of text; the page takes its place.
-            await HTMLResponse(self.page)(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    def refusal(self) -> JSONResponse | None:
-        """Why no request can be taken now, or None."""
-        phase = self.state.phase.value
-        if phase == DRAINING:
-            return unavailable("the server is shutting down; retry on another instance", 5, close=True)
-        if phase == STOPPING:
-            return unavailable(
-                "the server stopped before answering; retry on another instance", 5, close=True
-            )
-        if phase == FAILED:
-            return unavailable("the inference worker died; the server is restarting, retry", 5, close=True)
-        if self.state.loaded.value < self.state.workers:
-            return unavailable("the model is still loading; retry in a few seconds", 5)
-        return None
-
-    def health(self) -> PlainTextResponse | JSONResponse:
-        return self.refusal() or PlainTextResponse("ok")
-
-    async def classify(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self.refusal()
-        if refusal is None and not self.state.start_upload():
-            refusal = unavailable(
-                f"the server is busy ({self.state.max_uploads} uploads arriving); retry shortly", 1
-            )
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return
-        try:
-            body = await self.upload(scope, receive, send)
-            # Taken before the upload slot is given back, so that a drain never sees neither.
-            admitted = body is not None and self.state.enter()
-        finally:
-            self.state.end_upload()
-        if body is None:
-            return
-        if not admitted:
-            busy = f"the server is busy ({self.state.max_in_flight} requests in it); retry shortly"
-            await unavailable(busy, 1)(scope, receive, send)
-            return
-        try:
-            await self.answer_unless_abandoned(scope, replay(body, receive), send)
-        finally:
-            self.state.leave()
-
-    async def upload(self, scope: Scope, receive: Receive, send: Send) -> list[bytes] | None:
-        """The request's body, or None once the client has had its answer (408, 413, 503) or left."""
-        try:
-            body = await self.read_body(receive)
-        except BodyTimeout:
-            abandoned = self.state.phase.value in (STOPPING, FAILED)
-            await (self.refusal() if abandoned else timed_out(self.body_timeout))(scope, receive, send)
-            return None
-        except BodyTooLarge:
-            await self.too_large(scope, receive, send)
-            return None
-        except ClientGone as gone:
-            # Routine on a public server (a closed tab, a lost network): one line, no traceback.
-            client = "%s:%d" % tuple(scope["client"]) if scope.get("client") else "a client"
-            log.info("%s disconnected after sending %d bytes of its upload", client, gone.received)
-            return None
-        if self.state.phase.value in (STOPPING, FAILED):
-            await self.refusal()(scope, receive, send)
-            return None
-        return body
-
-    async def read_body(self, receive: Receive) -> list[bytes]:
-        """The whole body, in the chunks it came in; it must be complete within ``body_timeout``.
-
-        The wait also ends, with :class:`BodyTimeout`, when the server gives up (stopping, failed).
-        """
-        chunks: list[bytes] = []
-        size = 0
-        deadline = time.monotonic() + self.body_timeout
-        while True:
-            message = asyncio.ensure_future(receive())
-            try:
-                while not message.done():
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self.state.phase.value in (STOPPING, FAILED):
-                        raise BodyTimeout
-                    await asyncio.wait([message], timeout=min(left, WATCH_PERIOD))
-            finally:
-                message.cancel()
-            received = message.result()
-            if received["type"] == "http.disconnect":
-                raise ClientGone(size)
-            chunk = received.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
-            if not received.get("more_body", False):
-                return chunks
-
-    async def answer_unless_abandoned(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the request; if the server gives up on it first (stopping, failed), answer 503.
-
-        LitServe waits for a worker's answer without a deadline, and a dead worker never answers.
-        """
-        started = False
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        handler = asyncio.ensure_future(self.app(scope, receive, send_tracked))
-        try:
-            while not handler.done():
-                await asyncio.wait([handler], timeout=WATCH_PERIOD)
-                abandoned = self.state.phase.value in (STOPPING, FAILED)
-                if abandoned and not handler.done() and not started:
-                    handler.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await handler
-                    await self.refusal()(scope, receive, send)
-                    return
-        except asyncio.CancelledError:
-            handler.cancel()
-            raise
-        handler.result()
-
-
-def replay(chunks: list[bytes], receive: Receive) -> Receive:
-    """A ``receive`` that hands out a body already read, then waits on the client as before."""
-    messages = [
-        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
-        for index, chunk in enumerate(chunks)
-    ]
-
-    async def replayed() -> Message:
-        if messages:
-            return messages.pop(0)
-        return await receive()
-
-    return replayed
 
 
 def describe_exit(process: mp.process.BaseProcess) -> str:

@@ -1,6 +1,7 @@
 """The server's Prometheus metrics at ``GET /metrics``, from prometheus-client.
 
-Counts are kept where requests are answered, in the HTTP processes. LitServe forks several of them
+Counts are kept where requests are answered, in the HTTP processes, by
+:class:`imgclf.serving.middleware.Metrics`. LitServe forks several of them
 (``num_api_servers``), and a scrape reaches any one, so serve.py points ``PROMETHEUS_MULTIPROC_DIR``
 at a fresh folder before this module is imported: prometheus-client's multiprocess mode then sums
 every process's counts at each scrape. (LitServe's own ``Logger`` API does not fit: it sees what the
@@ -12,9 +13,7 @@ at scrape time.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,9 +24,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.serving.lifecycle import ServingState
 
@@ -76,55 +73,6 @@ class Scrape:
             yield GaugeMetricFamily(name, text, value=value)
 
 
-class Metrics:
-    """Counts every answer by path and status, times ``/classify``; answers ``GET /metrics``.
-
-    Paths are counted by name only for the server's own routes, so that a client probing random
-    URLs cannot grow the number of time series. ``refuse`` answers a scrape without the API key.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        state: ServingState,
-        api_path: str,
-        paths: tuple[str, ...],
-        refuse: Callable[[Headers], Response | None],
-    ) -> None:
-        self.app = app
-        self.state = state
-        self.api_path = api_path
-        self.paths = (*paths, api_path, METRICS_PATH)
-        self.refuse = refuse
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"] if scope["path"] in self.paths else "other"
-        started = time.perf_counter()
-        answer: dict[str, Any] = {}
-
-        async def send_counted(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                answer["code"] = str(message["status"])
-                answer["batch"] = Headers(raw=message.get("headers", [])).get("x-batch-size")
-            await send(message)
-
-        try:
-            if path == METRICS_PATH and scope["method"] == "GET":
-                await self.scrape(scope)(scope, receive, send_counted)
-            else:
-                await self.app(scope, receive, send_counted)
-        finally:
-            REQUESTS.labels(path, answer.get("code", "disconnected")).inc()
-            if path == self.api_path:
-                LATENCY.observe(time.perf_counter() - started)
-                if answer.get("batch"):
-                    BATCH_SIZE.observe(int(answer["batch"]))
-
-    def scrape(self, scope: Scope) -> Response:
-        refusal = self.refuse(Headers(scope=scope))
-        if refusal is not None:
-            return refusal
-        return Response(generate_latest(Scrape(self.state)), media_type=CONTENT_TYPE_LATEST)
+def scrape(state: ServingState) -> Response:
+    """The answer to ``GET /metrics`` (behind the API key, as a route of the app)."""
+    return Response(generate_latest(Scrape(state)), media_type=CONTENT_TYPE_LATEST)
