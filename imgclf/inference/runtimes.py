@@ -320,6 +320,19 @@ def load_predictor(
     """
     choice = choose_model(ckpt_path, runtime, precision, device)
     log.info("runtime %s: %s, %s (%s)", runtime, choice.runtime, choice.path, choice.reason)
+    return open_predictor(choice, precision, channels_last, device, threads, spin)
+
+
+def open_predictor(
+    choice: ModelChoice,
+    precision: str = "auto",
+    channels_last: bool = True,
+    device: str = "cpu",
+    threads: int | None = None,
+    spin: bool = True,
+) -> PredictorBase:
+    """The predictor of a file :func:`choose_model` chose (the server chooses once, at start-up,
+    and each inference worker opens the choice)."""
     if choice.runtime == "torch":
         return Predictor.from_file(
             choice.path, precision=precision, channels_last=channels_last, device=device

@@ -53,8 +53,8 @@ from starlette.exceptions import HTTPException
 from imgclf.data.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
-from imgclf.inference.predict import Predictor, PredictorBase
-from imgclf.inference.runtimes import ModelChoice, OnnxPredictor, choose_model
+from imgclf.inference.predict import PredictorBase
+from imgclf.inference.runtimes import ModelChoice, choose_model, open_predictor
 from imgclf.process import end_children
 from imgclf.serving import litserve_adapter, middleware, prometheus
 from imgclf.serving.lifecycle import WORKER_DIED, ServingState, Supervisor
@@ -191,18 +191,14 @@ class ClassifierAPI(ls.LitAPI):
         self.state.model_loaded()
 
     def open_predictor(self, device: str) -> PredictorBase:
-        """The predictor for the file chosen at start-up, opened as ``load_predictor`` opens it.
-
-        (``load_predictor`` itself would run ``choose_model`` again, in every worker.)
-        """
-        if self.choice.runtime == "torch":
-            return Predictor.from_file(
-                self.choice.path, precision=self.precision, channels_last=self.channels_last, device=device
-            )
+        """The predictor for the file chosen at start-up (``load_predictor`` would choose again,
+        in every worker)."""
         # ONNX Runtime's threads sleep between batches rather than spin: the HTTP server and the
         # decoding share the cores. Served/in-process at concurrency 8, 2 cores, int8 Inception v3
         # at 299 px: 92 % against 83 % spinning (docs/benchmarks.md).
-        return OnnxPredictor.from_file(self.choice.path, threads=self.threads, spin=False)
+        return open_predictor(
+            self.choice, self.precision, self.channels_last, device, self.threads, spin=False
+        )
 
     async def authorize(self, request: Request) -> None:
         """Parse the form in the HTTP process, before LitServe's route handler does.
