@@ -141,7 +141,7 @@ def test_the_configs_are_found_by_variable_clone_or_working_directory(tmp_path, 
     layout); none of them: one line naming where it looked, not a traceback."""
     import shutil
 
-    from imgclf.cli.hydra_edge import conf_dir, first_conf_dir
+    from imgclf.composition import conf_dir, first_conf_dir
 
     assert conf_dir() == REPO_ROOT / "conf"
     mine = tmp_path / "my_conf"

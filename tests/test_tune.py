@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from imgclf.cli.hydra_edge import settings, with_best_hparams
+from imgclf.composition import settings, with_best_hparams
 from imgclf.config import build
 from imgclf.errors import ImgclfError
 from imgclf.models.backbones import fetch_weights

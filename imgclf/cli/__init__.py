@@ -1,8 +1,8 @@
 """The commands: ``imgclf <command> [overrides]``, the same as ``python scripts/<command>.py``.
 
-:mod:`~imgclf.cli.commands` holds one function per command (Hydra composes its config),
-:mod:`~imgclf.cli.reports` what each prints, :mod:`~imgclf.cli.hydra_edge` where Hydra meets the
-library.
+:mod:`~imgclf.cli.commands` holds one function per command, :mod:`~imgclf.cli.reports` what each
+prints, :mod:`~imgclf.cli.hydra_edge` what makes a function a Hydra app; :mod:`imgclf.composition`
+is where Hydra meets the library.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgclf.cli import reports
-from imgclf.cli.hydra_edge import command, quiet_lightning_tips, run, running, settings
+from imgclf.cli.hydra_edge import command, quiet_lightning_tips, run
+from imgclf.composition import running, settings
 from imgclf.errors import ImgclfError
 from imgclf.process import exits_cleanly
 

@@ -247,3 +247,35 @@ class ImageDataset(Dataset):
                     return self._pixels(Image.new("RGB", (1, 1)), position), target, -1
                 log.warning("skipping unreadable image: %s", exc)
         raise ImgclfError(f"none of the {len(self.samples)} images could be decoded")
+
+
+def model_split(root: str | Path, split: str, val_split: Mapping[str, Any] | None) -> SplitListing:
+    """A split's files as a model saw them: without a val/ folder, train and val are the split the
+    model recorded (``val_split`` of its file)."""
+    root = Path(root)
+    if split in ("train", "val") and not (root / "val").is_dir() and val_split:
+        return split_listings(root, val_split)[split]
+    return list_split(root, split)
+
+
+def labelled_for_model(listing: SplitListing, classes: Sequence[str], model: str) -> list[tuple[Path, int]]:
+    """The split's images labelled with the *model's* class indices (``classes``, of the ``model``
+    file). Fails, naming both sides, when the folder's classes and the model's do not fit."""
+    unknown = sorted(set(listing.classes) - set(classes))
+    if unknown:
+        raise ImgclfError(
+            f"{listing.directory} has classes the model does not know: {', '.join(unknown)}; "
+            f"the model ({model}) was trained on: {', '.join(classes)}. "
+            "Evaluate the model trained on this dataset (ckpt_path=...) or fix the class folders"
+        )
+    if len(listing.classes) < 2:
+        raise ImgclfError(
+            f"{listing.directory} has one class ({listing.classes[0]}); an evaluation needs images "
+            f"of at least two of the model's classes ({', '.join(classes)})"
+        )
+    absent = sorted(set(classes) - set(listing.classes))
+    if absent:
+        log.warning(
+            "%s has no images of %s: their recall is not measured", listing.directory, ", ".join(absent)
+        )
+    return listing.samples(classes)

@@ -14,49 +14,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from imgclf.data.folders import SPLITS, ImageDataset, SplitListing, list_split, split_listings
+from imgclf.data.folders import SPLITS, ImageDataset, labelled_for_model, model_split
 from imgclf.data.transforms import TTA_VIEWS, TenCropViews
 from imgclf.errors import ImgclfError
 from imgclf.inference import eval_report as report
 from imgclf.inference.metrics import classification_metrics, most_confused_pairs, top_loss_entries
-from imgclf.inference.predict import PredictorBase
 from imgclf.inference.runtimes import load_predictor
 
 log = logging.getLogger(__name__)
-
-
-def split_listing(predictor: PredictorBase, root: str | Path, split: str) -> SplitListing:
-    """The split's files; without a val/ folder, train and val are the split the model recorded."""
-    root = Path(root)
-    val_split = predictor.record.get("val_split")
-    if split in ("train", "val") and not (root / "val").is_dir() and val_split:
-        return split_listings(root, val_split)[split]
-    return list_split(root, split)
-
-
-def split_samples(predictor: PredictorBase, listing: SplitListing) -> list[tuple[Path, int]]:
-    """The split's images labelled with the *model's* class indices.
-
-    Fails, naming both sides, when the folder's classes and the model's do not fit.
-    """
-    unknown = sorted(set(listing.classes) - set(predictor.classes))
-    if unknown:
-        raise ImgclfError(
-            f"{listing.directory} has classes the model does not know: {', '.join(unknown)}; "
-            f"the model ({predictor.source}) was trained on: {', '.join(predictor.classes)}. "
-            "Evaluate the model trained on this dataset (ckpt_path=...) or fix the class folders"
-        )
-    if len(listing.classes) < 2:
-        raise ImgclfError(
-            f"{listing.directory} has one class ({listing.classes[0]}); an evaluation needs images "
-            f"of at least two of the model's classes ({', '.join(predictor.classes)})"
-        )
-    absent = sorted(set(predictor.classes) - set(listing.classes))
-    if absent:
-        log.warning(
-            "%s has no images of %s: their recall is not measured", listing.directory, ", ".join(absent)
-        )
-    return listing.samples(predictor.classes)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -64,8 +29,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in SPLITS:
         raise ImgclfError(f"split={split!r}; use {', '.join(SPLITS)}")
     predictor = load_predictor(cfg.ckpt_path, cfg.runtime, precision=cfg.precision)
-    listing = split_listing(predictor, cfg.data.root, split)
-    samples = split_samples(predictor, listing)
+    listing = model_split(cfg.data.root, split, predictor.record.get("val_split"))
+    samples = labelled_for_model(listing, predictor.classes, predictor.source)
     dataset = ImageDataset(samples, predictor.transform, on_error="mark")
     probabilities, targets, indices = predictor.predict_dataset(
         dataset, cfg.batch_size, cfg.num_workers, "evaluating"

@@ -29,11 +29,10 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from imgclf.data.folders import ImageDataset
+from imgclf.data.folders import ImageDataset, labelled_for_model, model_split
 from imgclf.data.hashing import sha256_file
 from imgclf.errors import ImgclfError
 from imgclf.hardware import describe_machine
-from imgclf.inference.evaluate import split_listing, split_samples
 from imgclf.inference.predict import Predictor, PredictorBase
 from imgclf.inference.runtimes import (
     CHECK_KEY,
@@ -137,7 +136,8 @@ def spread(samples: Sequence[tuple[Path, int]], count: int | None, seed: int) ->
 def split_dataset(
     reference: Predictor, root: str | Path, split: str, count: int | None, seed: int
 ) -> ImageDataset:
-    samples = spread(split_samples(reference, split_listing(reference, root, split)), count, seed)
+    listing = model_split(root, split, reference.record.get("val_split"))
+    samples = spread(labelled_for_model(listing, reference.classes, reference.source), count, seed)
     return ImageDataset(samples, reference.transform, on_error="mark")
 
 

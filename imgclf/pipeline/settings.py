@@ -115,7 +115,7 @@ class PipelineSettings:
         if isinstance(cfg, PipelineSettings):
             return cfg
         if "hydra" in cfg:  # composed with Hydra's node (the compose API's return_hydra_config)
-            from imgclf.cli.hydra_edge import settings
+            from imgclf.composition import settings
 
             cfg = settings(cfg)
         plain = OmegaConf.to_container(cfg, resolve=True)

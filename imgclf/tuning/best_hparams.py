@@ -1,7 +1,7 @@
 """Best hyperparameters: written by a sweep, applied by the next ``train.py``.
 
 The file is data: its parameters are checked against the search space recorded with them, and they
-reach a config only as overrides that the entry point composes (:func:`imgclf.cli.hydra_edge.compose`).
+reach a config only as overrides that the entry point composes (:func:`imgclf.composition.with_best_hparams`).
 """
 
 from __future__ import annotations

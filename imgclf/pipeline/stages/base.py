@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from omegaconf import DictConfig
 
-from imgclf.cli.hydra_edge import compose
+from imgclf.composition import compose
 from imgclf.config import override
 from imgclf.pipeline.settings import PipelineSettings
 from imgclf.pipeline.state import State, tree_digest

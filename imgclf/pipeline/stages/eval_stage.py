@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgclf.cli.hydra_edge import settings
+from imgclf.composition import settings
 from imgclf.config import override
 from imgclf.inference.evaluate import evaluate
 from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record

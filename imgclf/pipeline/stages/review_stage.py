@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from imgclf.cli.hydra_edge import settings
+from imgclf.composition import settings
 from imgclf.config import override
 from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from imgclf.cli.hydra_edge import settings
+from imgclf.composition import settings
 from imgclf.data.images import is_image_file
 from imgclf.paths import inside
 from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from imgclf.cli.hydra_edge import settings, with_best_hparams
+from imgclf.composition import settings, with_best_hparams
 from imgclf.errors import ImgclfError
 from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
