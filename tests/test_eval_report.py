@@ -187,7 +187,9 @@ def test_prints_accuracy_tta_and_where_the_report_is(tiny_model, small_digits_ro
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert re.fullmatch(r"accuracy: [01]\.\d{4}", lines[0])
+    assert re.fullmatch(
+        r"accuracy: [01]\.\d{4} \(95% interval [01]\.\d{4}-[01]\.\d{4}, \d+ images\)", lines[0]
+    )
     assert lines[1].startswith("tta accuracy: ")
     assert lines[-1] == f"report: {report_dir}"
 
@@ -223,3 +225,19 @@ def test_bad_splits_are_clear_errors(tiny_model, small_digits_root, tmp_path):
     shutil.rmtree(root / "test" / "0")
     with pytest.raises(ImgclfError, match=r"test has no class folders"):
         run()
+
+
+@pytest.mark.parametrize(
+    ("correct", "total", "low", "high"),
+    [(9, 10, 0.5958, 0.9821), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (102, 107, 0.8952, 0.9799)],
+)
+def test_accuracy_comes_with_its_wilson_interval(correct, total, low, high):
+    """The Wilson score interval at 95 %, against values worked out by hand from Wilson's formula
+    (z = 1.95996): a small validation set is wide, and 0 or all correct stays inside [0, 1]."""
+    from imgclf.inference.metrics import describe_interval, interval, wilson_interval
+
+    got = wilson_interval(correct, total)
+    assert got == pytest.approx((low, high), abs=1e-4)
+    bounds = interval(correct, total)
+    assert describe_interval(correct / total, bounds).endswith(f"-{bounds['high']:.4f}, {total} images)")
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from imgclf.inference.metrics import describe_interval
+
 DEFAULT_MODEL = "data/trained_model/model.ckpt"
 
 
@@ -20,11 +22,17 @@ def train(metrics: dict, metric: str) -> None:
         print(f"backbone: {metrics['backbone']}, ImageNet weights: {metrics['weights']}")
         print(f"train accuracy: {metrics['train/acc']:.4f}")
     label = {"val/acc": "val accuracy"}.get(metric, metric)
-    print(f"{label}: {metrics[metric]:.4f} (best epoch {metrics['best_epoch']})")
+    bounds = metrics.get(f"{metric}_interval")
+    if bounds:  # the saved model's figure, with how sure it is
+        print(
+            f"{label}: {describe_interval(metrics[metric], bounds)[:-1]}; best epoch {metrics['best_epoch']})"
+        )
+    else:
+        print(f"{label}: {metrics[metric]:.4f} (best epoch {metrics['best_epoch']})")
 
 
 def evaluation(metrics: dict) -> None:
-    print(f"accuracy: {metrics['accuracy']:.4f}")
+    print(f"accuracy: {describe_interval(metrics['accuracy'], metrics['accuracy_interval'])}")
     if metrics["left_out"]:
         print(f"left out {len(metrics['left_out'])} unreadable image(s), listed in metrics.json")
     if "tta_accuracy" in metrics:

@@ -20,6 +20,7 @@ from imgclf.config import build, build_all
 from imgclf.data.datamodule import ImageFolderDataModule
 from imgclf.errors import ImgclfError
 from imgclf.hardware import compute_device
+from imgclf.inference.metrics import interval
 from imgclf.inference.predict import Predictor
 from imgclf.io import atomic_write_json
 from imgclf.models.backbones import fetch_weights
@@ -51,12 +52,15 @@ def load_data(cfg: DictConfig) -> ImageFolderDataModule:
     return datamodule
 
 
-def accuracy(predictor: Predictor, datamodule: ImageFolderDataModule, split: str) -> float:
-    """The saved model's accuracy on a split, counted as ``eval.py`` counts it."""
+def accuracy(
+    predictor: Predictor, datamodule: ImageFolderDataModule, split: str
+) -> tuple[float, dict[str, Any]]:
+    """The saved model's accuracy on a split, counted as ``eval.py`` counts it, and its interval."""
     probabilities, targets, _ = predictor.predict_dataset(
         datamodule.dataset(split), datamodule.batch_size, datamodule.num_workers, f"accuracy on {split}"
     )
-    return float((probabilities.argmax(dim=1) == targets).float().mean())
+    correct = int((probabilities.argmax(dim=1) == targets).sum())
+    return correct / max(1, len(targets)), interval(correct, len(targets))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -116,8 +120,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     predictor = Predictor(
         module.model, {"classes": datamodule.classes}, device=str(compute_device(cfg.trainer.accelerator))
     )
-    metrics["train/acc"] = accuracy(predictor, datamodule, "train")
-    metrics["val/acc"] = accuracy(predictor, datamodule, "val")
+    metrics["train/acc"], _ = accuracy(predictor, datamodule, "train")
+    metrics["val/acc"], metrics["val/acc_interval"] = accuracy(predictor, datamodule, "val")
     if datamodule.val_split:
         atomic_write_json(Path(cfg.paths.output_dir) / "val_split.json", datamodule.val_split)
     path = export_model(
