@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from imgclf.composition import with_best_hparams
 from imgclf.config import build, build_all, train_targets
 from imgclf.errors import ImgclfError
 from imgclf.testing.postgres import postgres_bin, postgres_server
-from imgclf.training.train import train
 from imgclf.tuning.best_hparams import BEST_HPARAMS, read_best_hparams
 from imgclf.tuning.sweeper import SAMPLERS, make_sampler, masked
 
@@ -177,7 +177,7 @@ def choices(*values) -> dict:
         ),
     ],
 )
-def test_train_applies_only_parameters_inside_the_recorded_space(
+def test_training_applies_only_parameters_inside_the_recorded_space(
     tmp_path, small_digits_root, params, space, refusal
 ):
     marker = tmp_path / "pwned"
@@ -186,13 +186,14 @@ def test_train_applies_only_parameters_inside_the_recorded_space(
     document = {"metric": "val/acc", "value": 1.0, "params": params} | ({"space": space} if space else {})
     text = yaml.safe_dump(document).replace("{marker}", str(marker))
     (model_dir / BEST_HPARAMS).write_text(text)
-    cfg = compose(
-        "train",
-        FAST_TRAIN + ["debug=fast", f"data.root={small_digits_root}", f"paths.model_dir={model_dir}"],
-        output_dir=tmp_path,
-    )
-    with pytest.raises(ImgclfError) as refused:
-        train(cfg)
+    command_line = FAST_TRAIN + [
+        "debug=fast",
+        f"data.root={small_digits_root}",
+        f"paths.model_dir={model_dir}",
+    ]
+    cfg = compose("train", command_line, output_dir=tmp_path)
+    with pytest.raises(ImgclfError) as refused:  # where `imgclf train` applies the file
+        with_best_hparams(cfg, command_line)
     message = str(refused.value)
     assert message.startswith(f"{model_dir / BEST_HPARAMS}: ")
     assert refusal.replace("{marker}", str(marker)) in message and "use_best_hparams=false" in message

@@ -14,6 +14,12 @@ DEFAULT_MODEL = "data/trained_model/model.ckpt"
 
 
 def train(metrics: dict, metric: str) -> None:
+    found = metrics.get("lr_find")
+    if found:
+        print(f"learning-rate finder: suggestion {found['suggestion']:.3g} (plot: {found['plot']})")
+    if found and "best_epoch" not in metrics:
+        print(f"train with it: model.optimizer.lr={found['suggestion']:.3g}, or model.optimizer.lr=auto")
+        return
     if metrics.get("fast_dev_run"):
         print("fast_dev_run: the wiring works; no model saved")
         return

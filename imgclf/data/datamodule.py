@@ -25,7 +25,7 @@ from imgclf.data.folders import (
     split_listings,
     split_off_val,
 )
-from imgclf.data.transforms import eval_transform, train_transform
+from imgclf.data.transforms import augment_preset, eval_transform, train_transform
 from imgclf.errors import ImgclfError
 from imgclf.models.backbones import preprocessing
 
@@ -40,7 +40,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         augmentation: Mapping[str, Any],
         image_size: int | None = None,
         batch_size: int = 20,
-        augment: bool = True,
+        augment: bool | str = True,
         num_workers: int = 2,
         verify_images: bool = True,
         pin_memory: bool = False,
@@ -50,7 +50,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         super().__init__()
         self.root = Path(root)
         self.preprocessing = preprocessing(backbone, image_size)
-        self.augmentation = dict(augmentation) if augment else None
+        preset = augment_preset(augment)
+        # The original's parameters alone (as before presets): the feature stores built with them
+        # keep their key. The other presets have no parameters to set.
+        self.augmentation = (
+            None if preset is None else dict(augmentation) if preset == "original" else {"preset": preset}
+        )
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.verify_images = verify_images

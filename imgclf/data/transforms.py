@@ -14,6 +14,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from imgclf.errors import ImgclfError
+
 TTA_VIEWS = 10  # five crops (corners and centre), each also mirrored
 
 
@@ -62,9 +64,37 @@ def augmentation(
     return steps
 
 
+PRESETS = ("original", "trivial", "randaugment")
+
+
+def augment_preset(augment: bool | str) -> str | None:
+    """``data.augment`` as a preset name: true is the original tool's geometric set, false (or
+    ``none``) no augmentation."""
+    if augment is True:
+        return "original"
+    if augment is False or augment in (None, "none"):
+        return None
+    if augment not in PRESETS:
+        raise ImgclfError(f"data.augment={augment!r}: use {', '.join(PRESETS)}, true (original) or false")
+    return str(augment)
+
+
+def preset_steps(augment: Mapping[str, Any]) -> list[v2.Transform]:
+    """The steps of an augmentation (``{"preset": name, ...}``; without a preset, the original's
+    parameters): the original's rotations, shifts, shear, zoom and flips, or torchvision's
+    TrivialAugment / RandAugment (colour and geometry, one or two operations per image) with the
+    horizontal flip photos of objects take."""
+    settings = dict(augment)
+    preset = settings.pop("preset", "original")
+    if preset == "original":
+        return augmentation(**settings)
+    policy = v2.TrivialAugmentWide() if preset == "trivial" else v2.RandAugment()
+    return [policy, v2.RandomHorizontalFlip()]
+
+
 def train_transform(preprocessing: Mapping[str, Any], augment: Mapping[str, Any] | None) -> v2.Compose:
     """``eval_transform`` with the augmentation (``None``: none) between crop and normalisation."""
-    middle = augmentation(**augment) if augment is not None else []
+    middle = preset_steps(augment) if augment is not None else []
     return v2.Compose(
         _resize(preprocessing)
         + [v2.CenterCrop(int(preprocessing["crop"]))]

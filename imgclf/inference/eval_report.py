@@ -14,7 +14,8 @@ from typing import Any
 from imgclf.io import atomic_open, atomic_write_json
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """A matplotlib figure as a PNG file, written atomically."""
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
     return path
@@ -60,7 +61,7 @@ def plot_reliability(result: Mapping[str, Any], path: Path, title: str) -> Path:
     )
     axes.legend(loc="upper left")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_contact_sheet(entries: Sequence[Mapping[str, Any]], path: Path, thumbnail: int = 160) -> Path:
@@ -90,7 +91,7 @@ def plot_contact_sheet(entries: Sequence[Mapping[str, Any]], path: Path, thumbna
     if not entries:
         figure.text(0.5, 0.5, "no images", ha="center")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_per_class_csv(metrics: Mapping[str, Any], path: Path) -> Path:
@@ -125,7 +126,7 @@ def plot_confusion_matrix(
     axes.set(xlabel="predicted label", ylabel="true label", title=_plain(title))
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_report(metrics: Mapping[str, Any], report_dir: Path) -> None:

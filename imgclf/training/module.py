@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
 
 from imgclf.models.backbones import fetch_weights
 from imgclf.models.classifier import ImageClassifier
@@ -55,6 +56,19 @@ def inverse_frequency_weights(counts: Sequence[int]) -> torch.Tensor:
     return counts_t.sum() / (len(counts) * counts_t)
 
 
+def batch_mixing(num_classes: int, mixup: float, cutmix: float) -> Callable[..., Any] | None:
+    """torchvision's MixUp and/or CutMix with Beta(alpha, alpha) (0: off), one of them per batch
+    when both are on; None when neither is."""
+    chosen = [
+        kind(alpha=alpha, num_classes=num_classes)
+        for kind, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix))
+        if alpha > 0
+    ]
+    if not chosen:
+        return None
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+
 class ClassifierModule(pl.LightningModule):
     def __init__(
         self,
@@ -72,6 +86,10 @@ class ClassifierModule(pl.LightningModule):
         class_weighting: bool = False,
         class_counts: Sequence[int] | None = None,
         channels_last: bool = True,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -88,7 +106,9 @@ class ClassifierModule(pl.LightningModule):
         else:
             self.model = ImageClassifier(backbone, num_classes, head, image_size)
         weights = inverse_frequency_weights(class_counts) if class_weighting and class_counts else None
-        self.criterion = nn.CrossEntropyLoss(weight=weights)
+        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=float(label_smoothing))
+        self.mix = batch_mixing(num_classes, float(mixup), float(cutmix))
+        self.ema_decay = ema_decay  # the stages' EMAWeightAveraging callback reads it
         self.channels_last = channels_last
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -102,16 +122,22 @@ class ClassifierModule(pl.LightningModule):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.model(inputs)
 
-    def _step(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(
+        self, batch: Sequence[torch.Tensor], training: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, targets = batch[0], batch[1]
         if len(batch) > 2:  # drop images that failed to decode
             kept = batch[2] >= 0
             inputs, targets = inputs[kept], targets[kept]
+        labels: torch.Tensor = targets
+        if training and self.mix is not None and inputs.dim() == 4 and len(targets) > 1:
+            inputs, labels = self.mix(inputs, targets)  # images and soft labels blended in pairs
+            targets = labels.argmax(dim=1)  # what train/acc counts: each blend's larger share
         logits = self(inputs)
-        return self.criterion(logits.float(), targets), logits.argmax(dim=1), targets
+        return self.criterion(logits.float(), labels), logits.argmax(dim=1), targets
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, preds, targets = self._step(batch)
+        loss, preds, targets = self._step(batch, training=True)
         self.train_acc(preds, targets)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)

@@ -24,7 +24,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 
 from imgclf.config import build, build_all
 from imgclf.hardware import resolve_precision
@@ -123,8 +123,11 @@ class FitRunner:
         self.directory = Path(cfg.paths.checkpoint_dir)
         self.is_global_zero = True
 
-    def trainer(self, callbacks: list[Callback], on_features: bool) -> pl.Trainer:
-        trainer_cfg = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+    def trainer(
+        self, callbacks: list[Callback], on_features: bool, logged: bool = True, **settings: Any
+    ) -> pl.Trainer:
+        """The stage's trainer from ``cfg.trainer`` (``settings`` override its keys)."""
+        trainer_cfg = {**OmegaConf.to_container(self.cfg.trainer, resolve=True), **settings}
         trainer_cfg["precision"] = resolve_precision(
             trainer_cfg.get("precision"), trainer_cfg.get("accelerator")
         )
@@ -135,7 +138,7 @@ class FitRunner:
         return build(
             trainer_cfg,
             callbacks=callbacks,
-            logger=self.loggers or False,
+            logger=(self.loggers or False) if logged else False,
             use_distributed_sampler=not on_features,
         )
 
@@ -151,7 +154,32 @@ class FitRunner:
                     freeze_norm=backbone.get("freeze_norm", True),
                 )
             )
+        if module.ema_decay is not None:
+            callbacks.append(EMAWeightAveraging(decay=float(module.ema_decay)))
+        if module.mix is not None and stage.on_features:
+            log.warning(
+                "model.mixup / model.cutmix blend images: stage %s trains on stored features, without "
+                "them (features.cache=false trains the head on images, blended)",
+                stage.name,
+            )
         return callbacks
+
+    def find_lr(self, stage: FitStage, module: ClassifierModule, datamodule: pl.LightningDataModule) -> Any:
+        """Lightning's learning-rate finder on ``stage``: the loss over 100 steps of learning rates
+        rising from 1e-7 to 1, whatever the epochs; the module comes back as it was."""
+        from pytorch_lightning.tuner import Tuner
+
+        # The finder replaces the trainer's callbacks with its own: a frozen stage's backbone is
+        # frozen here, as the stage's fine-tuning callback freezes it when the fit starts.
+        for callback in self.callbacks(stage, module):
+            if isinstance(callback, StagedFineTuning):
+                callback.freeze_before_training(module)
+        trainer = self.trainer([], stage.on_features, logged=False, max_epochs=-1)
+        module.train()
+        log.info("Stage %s: finding the learning rate (%s)", stage.name, describe(stage, module))
+        return Tuner(trainer).lr_find(
+            module, datamodule=datamodule, update_attr=False, min_lr=1e-7, max_lr=1.0
+        )
 
     def resume_point(self, directory: Path) -> Path | None:
         last = directory / "last.ckpt"
