@@ -11,12 +11,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from conftest import FAST_TRAIN, REPO_ROOT, backbone_config, compose, require, run_script, search_spaces_env
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from torch.utils.data import DataLoader, TensorDataset
 
 from imgclf.composition import settings, with_best_hparams
 from imgclf.config import build
@@ -360,6 +362,28 @@ def test_optimiser_runs_fused_unless_the_config_says_otherwise():
     cfg = compose("train", FAST_TRAIN + ["+model.optimizer.fused=false"])
     module = build(cfg.model, num_classes=3, class_counts=[1, 1, 1])
     assert not module.configure_optimizers().defaults["fused"]
+
+
+@pytest.mark.parametrize("clip, fused", [(None, True), (0.5, False)])
+def test_a_fit_that_clips_gradients_gets_an_unfused_optimiser(tmp_path, clip, fused):
+    """The module reads the fit's gradient_clip_val from its trainer (Lightning attaches it before
+    configure_optimizers): Lightning cannot unscale fp16 gradients of a fused optimiser."""
+    cfg = compose("train", FAST_TRAIN)
+    module = build(cfg.model, num_classes=2, class_counts=[1, 1])
+    data = TensorDataset(torch.randn(4, 3, 75, 75), torch.arange(4) % 2)
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        gradient_clip_val=clip,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=4))
+    assert bool(trainer.optimizers[0].defaults.get("fused")) is fused
 
 
 def test_cached_and_uncached_training_agree(tmp_path, digits_root, backbone_weights, record_property):

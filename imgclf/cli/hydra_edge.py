@@ -46,15 +46,37 @@ def in_multirun() -> bool:
         return False
 
 
+LIGHTNING_INFO = "pytorch_lightning.utilities.rank_zero"  # the logger of Lightning's rank_zero_info
+
+
 class _NoAdverts(logging.Filter):
-    """Lightning logs two product tips per trainer: every stage of every sweep trial."""
+    """Drop Lightning's product tip, and nothing else it logs.
+
+    pytorch_lightning (2.6) logs it with ``rank_zero_info`` for every Trainer, so for every stage of
+    every sweep trial: ``trainer/connectors/logger_connector/logger_connector.py``,
+    ``_LoggerConnector.configure_logger``, "💡 Tip: For seamless cloud logging ... litlogger ...",
+    unless a ``LitLogger`` is among the trainer's loggers (``logger=False`` gets it too). No
+    environment variable or Trainer argument guards it, and a ``LitLogger`` is lightning.ai's cloud
+    service, which this project does not use; raising the logger's level would also hide its other
+    INFO lines (the devices a fit uses, why it stopped). So the filter matches the record by the
+    Lightning function that logs it and the tip's opening.
+
+    Lightning's other tip (``trainer/connectors/callback_connector.py``,
+    ``_CallbackConnector._maybe_show_litmodels_tip``) needs no filter: it is logged only when the
+    Trainer adds its default ``ModelCheckpoint``, and the fit's Trainer gets the project's own
+    (``training/schedule.py``). tests/test_library_contracts.py fails when Lightning stops logging
+    the tip (then remove this filter) or logs it, or another, from elsewhere.
+    """
+
+    EMITTER = ("logger_connector", "configure_logger")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        emitter = (record.module, record.funcName)
+        return not (emitter == self.EMITTER and str(record.msg).startswith("💡 Tip"))
 
 
 def quiet_lightning_tips() -> None:
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    logger = logging.getLogger(LIGHTNING_INFO)
     if not any(isinstance(f, _NoAdverts) for f in logger.filters):
         logger.addFilter(_NoAdverts())
 

@@ -110,10 +110,16 @@ class ClassifierModule(pl.LightningModule):
         self.mix = batch_mixing(num_classes, float(mixup), float(cutmix))
         self.ema_decay = ema_decay  # the stages' EMAWeightAveraging callback reads it
         self.channels_last = channels_last
+        # Whether this fit clips gradients: setup() asks its trainer. Outside a fit (the throughput
+        # benchmark calls configure_optimizers() itself) nothing clips.
+        self.gradients_clipped = False
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
+        # Lightning calls setup() with the trainer attached and before configure_optimizers(), so
+        # the public `trainer` property (which raises on a module outside a fit) can be read here.
+        self.gradients_clipped = bool(self.trainer.gradient_clip_val)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -155,8 +161,7 @@ class ClassifierModule(pl.LightningModule):
             # BaseFinetuning freezes before this runs; the head is always trainable, so this
             # only happens for a misconfigured model.
             raise RuntimeError("no trainable parameters")
-        clips = bool(self._trainer is not None and self._trainer.gradient_clip_val)
-        optimizer = fused_if_available(self.optimizer_factory, params, clips)(params=params)
+        optimizer = fused_if_available(self.optimizer_factory, params, self.gradients_clipped)(params=params)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.per_step_schedule(optimizer)}

@@ -18,6 +18,7 @@ with the search space they were drawn from; a trial the sweep's own space could 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import logging
@@ -33,6 +34,7 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -253,6 +255,28 @@ def storage_url(url: str) -> str:
     return url
 
 
+# The warnings Optuna gives about the heartbeat API this sweeper uses on purpose, as
+# warnings.filterwarnings matches them (category, and a regular expression matched at the start of
+# the message); each is silenced only around the call that gives it, any other warning shows.
+# RDBStorage(heartbeat_interval=...) (optuna/_experimental.py, warn_experimental_argument):
+EXPERIMENTAL_HEARTBEAT = (ExperimentalWarning, r"Argument ``heartbeat_interval`` is an experimental feature")
+# RetryHeartbeatStaleTrialCallback() and fail_stale_trials() (experimental_class, experimental_func):
+EXPERIMENTAL_RETRY = (ExperimentalWarning, r"RetryHeartbeatStaleTrialCallback is experimental")
+EXPERIMENTAL_FAIL_STALE = (ExperimentalWarning, r"([\w.]+\.)?fail_stale_trials is experimental")
+# Study.ask() on a storage that beats, outside Study.optimize (optuna/study/study.py): Heartbeat
+# beats for the trials this sweeper asks for, as Study.optimize would.
+ASKED_OUTSIDE_OPTIMIZE = (UserWarning, r"Heartbeat of storage is supposed to be used with Study\.optimize")
+
+
+@contextlib.contextmanager
+def expected_warnings(*expected: tuple[type[Warning], str]) -> Iterator[None]:
+    """Ignore the ``expected`` warnings (category, message pattern) of the calls inside."""
+    with warnings.catch_warnings():
+        for category, message in expected:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def open_study(
     name: str | None,
     url: str | None,
@@ -272,8 +296,7 @@ def open_study(
         try:
             storage = None
             if url is not None:
-                with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna
-                    warnings.simplefilter("ignore", ExperimentalWarning)
+                with expected_warnings(EXPERIMENTAL_HEARTBEAT, EXPERIMENTAL_RETRY):
                     storage = RDBStorage(
                         storage_url(url),
                         heartbeat_interval=heartbeat_interval,
@@ -304,20 +327,28 @@ def fail_interrupted_trials(study: optuna.Study) -> list[int]:
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
+    with expected_warnings(EXPERIMENTAL_FAIL_STALE):
         fail_stale_trials(study)
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     return sorted(t.number for t in failed if t.number in running)
 
 
 class Heartbeat:
-    """Record the heartbeats of this sweep's running trials, in a thread, while it runs.
+    """Record the heartbeats of this sweep's running trials, in a thread, while it runs: the one
+    place the sweeper works below Optuna's study API.
 
-    ``Study.optimize`` beats for the one trial it runs; this sweeper hands batches of trials to
-    Hydra's launcher, so it beats for them itself through the storage's ``record_heartbeat``.
-    :meth:`watch` records a first beat at once: a trial without any is never found stale. Leaving
-    stops the thread without waiting for the next beat.
+    Optuna beats only inside ``Study.optimize``, for the one trial it runs
+    (``optuna/study/_optimize.py``, ``_run_trial``, through the private
+    ``optuna.storages._heartbeat.get_heartbeat_thread``); no public helper beats for a trial from
+    ``Study.ask``. This sweeper hands batches of asked trials to Hydra's launcher, so it beats for
+    them itself through the storage's heartbeat methods (``RDBStorage.record_heartbeat``,
+    ``get_heartbeat_interval``), naming each trial by its storage id (``get_study_id_from_name``,
+    ``get_trial_id_from_study_id_trial_number``: a ``Study`` and a ``Trial`` keep their ids
+    private). Failing the trials whose beat went stale and queueing them again stay Optuna's
+    (:func:`fail_interrupted_trials`).
+
+    :meth:`ask` records a trial's first beat at once: a trial without any is never found stale.
+    Leaving stops the thread without waiting for the next beat.
     """
 
     def __init__(self, storage: RDBStorage | None, study: optuna.Study) -> None:
@@ -335,13 +366,16 @@ class Heartbeat:
         except Exception as exc:  # a busy or unreachable database: keep the trial running
             log.warning("Could not record a heartbeat (%s); the next beat tries again", exc)
 
-    def watch(self, trial: optuna.Trial) -> None:
-        if self.storage is None:
-            return
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-        self.record(trial_id)
-        with self.lock:
-            self.trial_ids.add(trial_id)
+    def ask(self, study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.Trial:
+        """``study.ask(distributions)``, the trial beating from now until :meth:`forget`."""
+        with expected_warnings(ASKED_OUTSIDE_OPTIMIZE):
+            trial = study.ask(distributions)
+        if self.storage is not None:
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            self.record(trial_id)
+            with self.lock:
+                self.trial_ids.add(trial_id)
+        return trial
 
     def forget(self) -> None:
         with self.lock:
@@ -582,11 +616,7 @@ class ResumableOptunaSweeper(Sweeper):
         extend: Callable[[DictConfig, optuna.Trial], None] | None,
         heartbeat: Heartbeat,
     ) -> optuna.Trial:
-        with warnings.catch_warnings():
-            # Optuna expects heartbeats with Study.optimize only; this sweeper records them itself.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = study.ask(space.distributions)
-        heartbeat.watch(trial)
+        trial = heartbeat.ask(study, space.distributions)
         # Set after the first heartbeat: a trial with an owner can be found stale when it is killed.
         trial.set_user_attr(OWNER, owner())
         if extend is not None:
