@@ -123,12 +123,15 @@ class Metrics:
             if message["type"] == "http.response.start":
                 answer["code"] = str(message["status"])
                 answer["batch"] = Headers(raw=message.get("headers", [])).get(BATCH_SIZE_HEADER)
+                # counted before the client can have the answer: a scrape it sends next sees it
+                REQUESTS.labels(path, answer["code"]).inc()
             await send(message)
 
         try:
             await self.app(scope, receive, send_counted)
         finally:
-            REQUESTS.labels(path, answer.get("code", "disconnected")).inc()
+            if "code" not in answer:
+                REQUESTS.labels(path, "disconnected").inc()
             if path == self.api_path:
                 LATENCY.observe(time.perf_counter() - started)
                 if answer.get("batch"):
