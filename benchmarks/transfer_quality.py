@@ -2,7 +2,7 @@
 against the ten-line linear probe a practitioner would write, and against training from scratch.
 
     python benchmarks/transfer_quality.py [--data DIR] [--backbone efficientnet_lite0]
-                                          [--only NAME ...] [-- extra train.py overrides]
+                                          [--recipe] [--only NAME ...] [-- extra train.py overrides]
 
 Data: ``--data``, else the original tool's hockey photos beside the repository
 (``../shared/data/real-hockey``: 449 train / 107 val photos, 6 classes), else scikit-learn's digits.
@@ -17,7 +17,13 @@ Rows, each a real ``python scripts/train.py`` (one shared, initially empty featu
   train on images), ``head + fine-tuning, no augmentation``;
 - ``from scratch``: ``model.pretrained=false``, the same epochs, on images.
 
-Validation accuracy is the saved model's, counted as ``eval.py`` counts it. Wall times include
+``--recipe``: the recipe table instead (issue 26): the defaults (``head``), then each option of the
+training recipe alone, then the best combination: the augmentation presets, label smoothing, EMA of
+the weights, the learning-rate finder, and MixUp / CutMix (which blend images, so their rows train
+the head on images: ``features.cache=false``).
+
+Validation accuracy is the saved model's, counted as ``eval.py`` counts it, with its 95 % Wilson
+interval: a gain smaller than the interval is not a gain. Wall times include
 each command's start, and the feature store pass when that row is the first to need it (said in
 the table). Goal: imgclf's defaults reach at least the probe, aiming at >= 0.98.
 """
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 
 from imgclf.hardware import describe_machine
+from imgclf.inference.metrics import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +56,23 @@ RUNS = {
     "head + fine-tuning": ["model.fine_tune=true"],
     "head + fine-tuning, no augmentation": ["model.fine_tune=true", "data.augment=false"],
     "from scratch": ["model.pretrained=false"],
+}
+
+RECIPE = {
+    "head (defaults)": [],
+    "augment=trivial": ["data.augment=trivial"],
+    "augment=randaugment": ["data.augment=randaugment"],
+    "label_smoothing=0.1": ["model.label_smoothing=0.1"],
+    "ema_decay=0.99": ["model.ema_decay=0.99"],
+    "lr=auto (finder)": ["model.optimizer.lr=auto"],
+    "mixup=0.2, on images": ["model.mixup=0.2", "features.cache=false"],
+    "cutmix=1.0, on images": ["model.cutmix=1.0", "features.cache=false"],
+    "head on images (mixup's baseline)": ["features.cache=false"],
+    "trivial + smoothing + EMA": [
+        "data.augment=trivial",
+        "model.label_smoothing=0.1",
+        "model.ema_decay=0.99",
+    ],
 }
 
 
@@ -97,10 +121,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--recipe", action="store_true", help="the recipe table (RECIPE rows)")
     parser.add_argument("--only", nargs="*", default=None, help="rows to run (probe and RUNS names)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args()
-    wanted = set(args.only) if args.only else {"probe", *RUNS}
+    runs = RECIPE if args.recipe else RUNS
+    wanted = set(args.only) if args.only else ({*RECIPE} if args.recipe else {"probe", *RUNS})
 
     print(f"# transfer_quality: {describe_machine()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,14 +141,18 @@ def main() -> None:
         print(
             f"data: {root}; backbone: {args.backbone}; extra overrides: {' '.join(args.overrides) or '-'}\n"
         )
-        print("| run | val acc | right / total | wall s | note |")
-        print("| --- | ---: | ---: | ---: | --- |")
+        print("| run | val acc | 95 % interval | right / total | wall s | note |")
+        print("| --- | ---: | ---: | ---: | ---: | --- |")
         if "probe" in wanted:
             accuracy, right, total, seconds = probe(root, args.backbone)
-            row = f"| linear probe (scikit-learn) | {accuracy:.4f} | {right} / {total} | {seconds:.0f} |"
+            low, high = wilson_interval(right, total)
+            row = (
+                f"| linear probe (scikit-learn) | {accuracy:.4f} | {low:.3f}-{high:.3f} | {right} / {total} "
+                f"| {seconds:.0f} |"
+            )
             print(f"{row} features of the plain view, LogisticRegression(C=1) |", flush=True)
         stores_seen: set[str] = set()
-        for name, extra in RUNS.items():
+        for name, extra in runs.items():
             if name not in wanted:
                 continue
             model_dir = Path(tmp) / re.sub(r"\W+", "-", name)
@@ -140,8 +170,17 @@ def main() -> None:
             stores = set(re.findall(r"Computing backbone features once \(store (\S+?);", output))
             note = "computed the feature store" if stores - stores_seen else ""
             stores_seen |= stores
-            right = f"{round(accuracy * total)} / {total}" if total else "-"
-            print(f"| {name} | {accuracy:.4f} | {right} | {seconds:.0f} | {note} |", flush=True)
+            right = round(accuracy * total)
+            low, high = wilson_interval(right, total)
+            cells = [
+                name,
+                f"{accuracy:.4f}",
+                f"{low:.3f}-{high:.3f}",
+                f"{right} / {total}",
+                f"{seconds:.0f}",
+                note,
+            ]
+            print(f"| {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

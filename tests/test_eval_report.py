@@ -241,3 +241,29 @@ def test_accuracy_comes_with_its_wilson_interval(correct, total, low, high):
     bounds = interval(correct, total)
     assert describe_interval(correct / total, bounds).endswith(f"-{bounds['high']:.4f}, {total} images)")
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_the_learning_curve_refits_on_growing_shares_of_each_class(digits_model, digits_root, tmp_path):
+    """curve=true: a linear fit on the model's backbone features of 25..100 % of each class's train
+    images, scored per class on the split; more images per class at every step, the plot written,
+    and the real ImageNet features of the digits already separate them well at full size."""
+    report_dir = tmp_path / "r"
+    common = [f"ckpt_path={digits_model}", f"data.root={digits_root}", f"paths.log_dir={tmp_path / 'logs'}"]
+    result = run_script(
+        "eval", "split=val", *common, f"report_dir={report_dir}", "curve=true", "num_workers=0"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    curve = json.loads((report_dir / "metrics.json").read_text())["learning_curve"]
+    rows = curve["rows"]
+    assert [r["fraction"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
+    for smaller, larger in zip(rows, rows[1:]):
+        assert all(
+            smaller["per_class"][c]["images"] < larger["per_class"][c]["images"] for c in larger["per_class"]
+        )
+    assert rows[-1]["accuracy"] >= 0.85 and rows[-1]["accuracy_interval"]["n"] == sum(
+        c["recall_interval"]["n"] for c in rows[-1]["per_class"].values()
+    )
+    assert (report_dir / "learning_curve.png").stat().st_size > 10_000
+    assert "learning curve (linear fit on the backbone's features): " in result.stdout
+    refused = run_script("eval", "split=train", *common, f"report_dir={tmp_path / 't'}", "curve=true")
+    assert refused.returncode == 2 and "curve=true measures on images the fits did not see" in refused.stderr

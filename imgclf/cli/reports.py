@@ -44,6 +44,10 @@ def evaluation(metrics: dict) -> None:
     if "tta_accuracy" in metrics:
         print(f"tta accuracy: {metrics['tta_accuracy']:.4f} (ten crops and mirrors averaged)")
     print(f"expected calibration error: {metrics['calibration']['ece']:.4f}")
+    curve = metrics.get("learning_curve")
+    if curve:
+        steps = ", ".join(f"{r['train_images']} images {r['accuracy']:.3f}" for r in curve["rows"])
+        print(f"learning curve (linear fit on the backbone's features): {steps}; plot: {curve['plot']}")
     for pair in metrics["most_confused"][:3]:
         print(f"confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
     print(f"report: {metrics['report_dir']}")

@@ -24,6 +24,21 @@ from imgclf.inference.runtimes import load_predictor
 log = logging.getLogger(__name__)
 
 
+def curve_of(predictor: Any, cfg: DictConfig, evaluated: Any, report_dir: Path) -> dict[str, Any]:
+    """``curve=true``: :func:`imgclf.inference.curve.learning_curve` on this split, plotted."""
+    from imgclf.inference.curve import learning_curve, plot_learning_curve, torch_predictor
+
+    if cfg.split == "train":
+        raise ImgclfError("curve=true measures on images the fits did not see: use split=val or split=test")
+    network = torch_predictor(predictor, cfg.ckpt_path)
+    train = model_split(cfg.data.root, "train", network.record.get("val_split"))
+    curve = learning_curve(network, train, evaluated, int(cfg.batch_size), int(cfg.num_workers))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    title = f"Recall on {cfg.split} against train images per class"
+    curve["plot"] = str(plot_learning_curve(curve, report_dir / "learning_curve.png", title))
+    return curve
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.split
     if split not in SPLITS:
@@ -64,6 +79,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         metrics["tta_accuracy"] = float((tta_probabilities.argmax(dim=1) == tta_targets).float().mean())
     report_dir = Path(cfg.report_dir)
+    if cfg.get("curve"):
+        metrics["learning_curve"] = curve_of(predictor, cfg, listing, report_dir)
     report.write_report(metrics, report_dir)
     metrics["report_dir"] = str(report_dir)
     return metrics
