@@ -248,10 +248,13 @@ def test_the_learning_curve_refits_on_growing_shares_of_each_class(digits_model,
     images, scored per class on the split; more images per class at every step, the plot written,
     and the real ImageNet features of the digits already separate them well at full size."""
     report_dir = tmp_path / "r"
-    common = [f"ckpt_path={digits_model}", f"data.root={digits_root}", f"paths.log_dir={tmp_path / 'logs'}"]
-    result = run_script(
-        "eval", "split=val", *common, f"report_dir={report_dir}", "curve=true", "num_workers=0"
-    )
+    model_dir, _ = digits_model
+    common = [
+        f"ckpt_path={model_dir / 'model.ckpt'}",
+        f"data.root={digits_root}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = run_script("eval", "split=val", *common, f"report_dir={report_dir}", "curve=true")
     assert result.returncode == 0, result.stderr[-2000:]
     curve = json.loads((report_dir / "metrics.json").read_text())["learning_curve"]
     rows = curve["rows"]
