@@ -396,6 +396,11 @@ def test_without_a_val_folder_part_of_train_validates(tmp_path, small_digits_roo
     )
     assert on_train.returncode == 0, on_train.stderr[-2000:]
     assert json.loads((model_dir / "eval_train" / "metrics.json").read_text())["num_images"] == 54 - 12
+    # the model card counts the images as the model saw them, and shows both evaluations
+    card = (model_dir / "model_card.md").read_text(encoding="utf-8")
+    assert "| **all** | 42 | 12 | 18 |" in card
+    assert "no val/ folder: validation is 20% of train/'s images, held out (stratified, seed 42)" in card
+    assert "### Train split" in card and "### Val split" in card and "12 images)" in card
 
 
 def test_missing_val_folder_without_a_fraction_is_an_error(tmp_path, small_digits_root):

@@ -15,11 +15,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgclf.data.folders import SPLITS, ImageDataset, labelled_for_model, model_split
+from imgclf.data.hashing import sha256_file
 from imgclf.data.transforms import TTA_VIEWS, TenCropViews
 from imgclf.errors import ImgclfError
+from imgclf.inference import card
 from imgclf.inference import eval_report as report
 from imgclf.inference.metrics import classification_metrics, most_confused_pairs, top_loss_entries
-from imgclf.inference.runtimes import load_predictor
+from imgclf.inference.runtimes import CKPT_NAME, load_predictor, model_paths
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         {
             "split": split,
             "model": str(cfg.ckpt_path),
+            # the model.ckpt measured (an exported file's, the one it came from): the model card
+            # shows a report only while it is of the model.ckpt beside the card
+            "model_sha256": (
+                predictor.source_sha256 if predictor.runtime == "onnx" else sha256_file(predictor.source)
+            ),
             "runtime": predictor.runtime,
             "model_file": str(predictor.source),
             "precision": predictor.precision,
@@ -83,4 +90,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["learning_curve"] = curve_of(predictor, cfg, listing, report_dir)
     report.write_report(metrics, report_dir)
     metrics["report_dir"] = str(report_dir)
+    model_dir = model_paths(cfg.ckpt_path)[1]
+    if (model_dir / CKPT_NAME).is_file():  # the card describes a model.ckpt; an ONNX file alone has none
+        card.record_evaluation(model_dir, split, report_dir)
+        card.write_card(model_dir, cfg.data.root)
     return metrics

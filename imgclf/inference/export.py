@@ -33,6 +33,7 @@ from imgclf.data.folders import ImageDataset, labelled_for_model, model_split
 from imgclf.data.hashing import sha256_file
 from imgclf.errors import ImgclfError
 from imgclf.hardware import describe_machine
+from imgclf.inference.card import write_card
 from imgclf.inference.predict import Predictor, PredictorBase
 from imgclf.inference.runtimes import (
     CHECK_KEY,
@@ -275,6 +276,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         result["int8"] = export_int8(
             cfg, reference, record, source_sha256, fp32_bytes, check_set, expected, folder / INT8_NAME
         )
+    write_card(folder, cfg.data.root)
     return result
 
 

@@ -21,7 +21,7 @@ Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "er
 (:func:`imgclf.serving.middleware.error_response`), and carries the CORS headers
 (``cors_origins``) as every answer does (uvicorn's own refusals, past ``limit_concurrency`` or for
 malformed or oversized headers, are plain text). With an API key set (``LIT_SERVER_API_KEY``),
-``/classify``, ``/info`` and ``/metrics`` need it; ``/health`` and the page at ``/`` do not.
+``/classify``, ``/info``, ``/card`` and ``/metrics`` need it; ``/health`` and the page at ``/`` do not.
 The server loads only the model file chosen once at start (``choose_model``) and never fetches
 anything a client names: the image bytes must be in the request. What LitServe and uvicorn offer
 no option for is done in :mod:`imgclf.serving.litserve_adapter`, and nowhere else.
@@ -37,24 +37,26 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import litserve as ls
 import torch
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from litserve.loops import BatchedLoop
 from starlette.exceptions import HTTPException
 
 from imgclf.data.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
+from imgclf.inference.card import CARD_HTML, CARD_MD
 from imgclf.inference.predict import PredictorBase
-from imgclf.inference.runtimes import ModelChoice, choose_model, open_predictor
+from imgclf.inference.runtimes import ModelChoice, choose_model, model_paths, open_predictor
 from imgclf.process import end_children
 from imgclf.serving import litserve_adapter, middleware, prometheus
 from imgclf.serving.lifecycle import WORKER_DIED, ServingState, Supervisor
@@ -65,6 +67,10 @@ log = logging.getLogger(__name__)
 API_PATH = "/classify"
 INFO_PATH = "/info"
 HEALTH_PATH = "/health"
+CARD_PATH = "/card"
+# The card is the server's own file, its text from scraped data escaped; the policy also keeps a
+# browser from running or fetching anything in it, should that escaping ever miss.
+CARD_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 # LitServe's own /info answers {"model": <fixed metadata>, "server": <its settings>}: neither the
 # fields /info has always had at its top level nor the live counts, so it keeps its own path.
 LITSERVE_INFO_PATH = "/info/litserve"
@@ -291,8 +297,9 @@ def model_info(cfg: Any, choice: ModelChoice, api: ClassifierAPI) -> dict[str, A
     }
 
 
-def add_routes(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
-    """``GET /info`` (the model, the settings, the live load) and ``GET /metrics``, behind the key."""
+def add_routes(app: FastAPI, info: dict[str, Any], api: ClassifierAPI, model_dir: Path) -> None:
+    """``GET /info`` (the model, the settings, the live load), ``GET /metrics`` and ``GET /card``
+    (the model card in ``model_dir``), behind the key."""
 
     async def model_info_endpoint() -> dict[str, Any]:
         precision = api.resolved_precision.value.decode() or "loading"
@@ -309,6 +316,29 @@ def add_routes(app: FastAPI, info: dict[str, Any], api: ClassifierAPI) -> None:
     key = [Depends(require_api_key)]
     app.add_api_route(INFO_PATH, model_info_endpoint, methods=["GET"], dependencies=key)
     app.add_api_route(prometheus.METRICS_PATH, metrics_endpoint, methods=["GET"], dependencies=key)
+    app.add_api_route(CARD_PATH, card_endpoint(model_dir), methods=["GET"], dependencies=key)
+
+
+def card_endpoint(model_dir: Path) -> Callable[..., Response]:
+    """``GET /card``: the model card in HTML, or its Markdown with ``?format=md``; read at each
+    request, so that an eval or export run while serving shows."""
+
+    def model_card(kind: str = Query("html", alias="format")) -> Response:
+        if kind not in ("html", "md"):
+            return error_response(400, f"format={kind[:40]!r}: use format=html (the default) or format=md")
+        try:
+            content = (model_dir / (CARD_HTML if kind == "html" else CARD_MD)).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return error_response(
+                404,
+                "the model's folder has no model card; `python scripts/train.py` writes one beside "
+                "model.ckpt, and `python scripts/eval.py` and `python scripts/export.py` update it",
+            )
+        if kind == "md":
+            return PlainTextResponse(content, media_type="text/markdown; charset=utf-8")
+        return HTMLResponse(content, headers={"Content-Security-Policy": CARD_POLICY})
+
+    return model_card
 
 
 def page_html() -> str:
@@ -380,7 +410,7 @@ def build_server(cfg: Any) -> ls.LitServer:
         state,
         api_path=API_PATH,
         health_path=HEALTH_PATH,
-        paths=("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH),
+        paths=("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH, CARD_PATH),
         page=page_html(),
         body_timeout=float(cfg.body_timeout_s),
         max_bytes=int(cfg.max_payload_mb * 1024 * 1024),
@@ -404,7 +434,7 @@ def build_server(cfg: Any) -> ls.LitServer:
     state.max_in_flight = int(cfg.max_queue) + state.workers * int(cfg.max_batch_size)
     app = litserve_adapter.fastapi_app(server)
     install_error_handlers(app)
-    add_routes(app, model_info(cfg, choice, api), api)
+    add_routes(app, model_info(cfg, choice, api), api, model_paths(cfg.ckpt_path)[1])
     return server
 
 

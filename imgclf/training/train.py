@@ -24,6 +24,7 @@ from imgclf.data.datamodule import ImageFolderDataModule
 from imgclf.data.transforms import augment_preset
 from imgclf.errors import ImgclfError
 from imgclf.hardware import compute_device
+from imgclf.inference.card import record_training, write_card
 from imgclf.inference.metrics import interval
 from imgclf.inference.predict import Predictor
 from imgclf.io import atomic_write_json
@@ -202,6 +203,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         val_split=datamodule.val_split,
     )
     log.info("Saved the model to %s", path)
+    record_training(path.parent, datamodule.root)
+    card = write_card(path.parent)
+    if card is not None:
+        log.info("Wrote its model card, %s", card)
     return {**metrics, "model": str(path), **weights_used(module)}
 
 
