@@ -24,7 +24,7 @@ from PIL import Image
 from imgclf.scrape.downloader import DownloadSettings, download, make_client
 from imgclf.scrape.engines import ImageHit
 from imgclf.scrape.store import DatasetStore, Origin
-from imgclf.testing.scrape_fixture.images import Route, encode, picture
+from imgclf.testing.scrape_fixture.pictures import Route, encode, picture
 from imgclf.testing.scrape_fixture.server import FixtureServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

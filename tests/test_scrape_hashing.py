@@ -22,7 +22,7 @@ from imgclf.data.hashing import (
 from imgclf.scrape.downloader import DownloadSettings, prepare
 from imgclf.scrape.manifest import append_row, read_manifest
 from imgclf.scrape.store import DatasetStore, Origin
-from imgclf.testing.scrape_fixture.images import encode, picture
+from imgclf.testing.scrape_fixture.pictures import encode, picture
 
 
 def test_sha256_helpers(tmp_path):

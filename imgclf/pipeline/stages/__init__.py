@@ -5,10 +5,10 @@ Round 1 is :data:`FIRST_ROUND` (the tune stage only when ``tune.n_trials`` > 0),
 :data:`LATER_ROUNDS`.
 """
 
-from imgclf.pipeline.stages.base import Context, PipelineStage, Prepared, Ran
 from imgclf.pipeline.stages.eval_stage import EvalStage
 from imgclf.pipeline.stages.review_stage import ReviewStage
 from imgclf.pipeline.stages.scrape_stage import ScrapeStage, TopUpStage
+from imgclf.pipeline.stages.stage import Context, PipelineStage, Prepared, Ran
 from imgclf.pipeline.stages.train_stage import TrainStage, TuneStage
 
 FIRST_ROUND: tuple[type[PipelineStage], ...] = (ScrapeStage, ReviewStage, TuneStage, TrainStage, EvalStage)

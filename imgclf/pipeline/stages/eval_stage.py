@@ -7,7 +7,7 @@ from typing import Any
 from imgclf.composition import settings
 from imgclf.config import override
 from imgclf.inference.evaluate import evaluate
-from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record
+from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
 
 SPLITS = ("val", "test")

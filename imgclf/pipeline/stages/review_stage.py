@@ -6,7 +6,7 @@ from collections import Counter
 
 from imgclf.composition import settings
 from imgclf.config import override
-from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record
+from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest
 from imgclf.review.reviewer import review
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from imgclf.composition import settings
 from imgclf.data.images import is_image_file
 from imgclf.paths import inside
-from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record
+from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
 from imgclf.scrape.manifest import MANIFEST_NAME
 from imgclf.scrape.scraper import scrape, top_up, weakest_classes

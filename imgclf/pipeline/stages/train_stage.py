@@ -10,7 +10,7 @@ from typing import Any
 
 from imgclf.composition import settings, with_best_hparams
 from imgclf.errors import ImgclfError
-from imgclf.pipeline.stages.base import PipelineStage, Prepared, Ran, Record
+from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
 from imgclf.process import stop_process_group
 from imgclf.training.train import train

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 from imgclf.testing.scrape_fixture import pages
-from imgclf.testing.scrape_fixture.images import Route, build_routes
+from imgclf.testing.scrape_fixture.pictures import Route, build_routes
 
 HOSTS = ("www.google.com", "consent.google.com", "www.bing.com", "duckduckgo.com")
 DDG_BATCH = 4  # results per DuckDuckGo i.js batch
