@@ -176,3 +176,25 @@ def test_uvicorn_protocol_hooks_the_bounded_protocol_overrides():
     assert instance.loop is loop and instance.cycle is None and hasattr(instance, "transport")
     cycle_arguments = {name: None for name in parameters(httptools_impl.RequestResponseCycle.__init__)[1:]}
     assert httptools_impl.RequestResponseCycle(**cycle_arguments).response_complete is False
+
+
+def test_a_field_added_to_the_parsed_form_is_what_later_reads_get():
+    """``add_form_field`` relies on starlette's Request returning the form it parsed again."""
+    from starlette.datastructures import FormData
+    from starlette.requests import Request
+
+    body = b"top_k=2"
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def read() -> tuple[FormData, FormData]:
+        headers = [(b"content-type", b"application/x-www-form-urlencoded")]
+        request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+        form = await request.form()
+        litserve_adapter.add_form_field(request, form, "explain", "true")
+        return form, await request.form()
+
+    parsed, again = asyncio.run(read())
+    assert list(parsed.multi_items()) == [("top_k", "2")]
+    assert list(again.multi_items()) == [("top_k", "2"), ("explain", "true")]

@@ -1,4 +1,5 @@
-"""The evaluation report's files: metrics.json, per_class.csv and three plots.
+"""The evaluation report's files: metrics.json, per_class.csv, three plots, and the top losses'
+Grad-CAM heatmaps when the evaluation made them.
 
 Plots are matplotlib figures written straight to PNG files, without pyplot's global state (no
 ``matplotlib.use``, no pyplot).
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.io import atomic_open, atomic_write_json
+
+CAM_SHEET = "top_losses_cam.png"
 
 
 def save_figure(figure, path: Path) -> Path:
@@ -64,8 +67,16 @@ def plot_reliability(result: Mapping[str, Any], path: Path, title: str) -> Path:
     return save_figure(figure, path)
 
 
-def plot_contact_sheet(entries: Sequence[Mapping[str, Any]], path: Path, thumbnail: int = 160) -> Path:
-    """The images of ``entries`` in a grid, each titled true label / predicted label (probability)."""
+def plot_contact_sheet(
+    entries: Sequence[Mapping[str, Any]],
+    path: Path,
+    thumbnail: int = 160,
+    images: Sequence[Any] | None = None,
+) -> Path:
+    """The images of ``entries`` in a grid, each titled true label / predicted label (probability).
+
+    ``images``: PIL images to show in their place (the heatmap overlays), else each entry's file.
+    """
     from matplotlib.figure import Figure
 
     from imgclf.data.images import ImageDecodeError, load_image
@@ -77,7 +88,7 @@ def plot_contact_sheet(entries: Sequence[Mapping[str, Any]], path: Path, thumbna
         axes = figure.add_subplot(rows, columns, number)
         axes.axis("off")
         try:
-            image = load_image(entry["path"])
+            image = images[number - 1].copy() if images is not None else load_image(entry["path"])
             image.thumbnail((thumbnail, thumbnail))
             axes.imshow(image)
         except ImageDecodeError:
@@ -129,7 +140,8 @@ def plot_confusion_matrix(
     return save_figure(figure, path)
 
 
-def write_report(metrics: Mapping[str, Any], report_dir: Path) -> None:
+def write_report(metrics: Mapping[str, Any], report_dir: Path, overlays: Sequence[Any] | None = None) -> None:
+    """``overlays``: the top losses with their heatmaps, for top_losses_cam.png."""
     split = metrics["split"]
     atomic_write_json(report_dir / "metrics.json", metrics)
     write_per_class_csv(metrics, report_dir / "per_class.csv")
@@ -141,3 +153,5 @@ def write_report(metrics: Mapping[str, Any], report_dir: Path) -> None:
     )
     plot_reliability(metrics["calibration"], report_dir / "reliability_diagram.png", split)
     plot_contact_sheet(metrics["top_losses"], report_dir / "top_losses.png")
+    if overlays is not None:
+        plot_contact_sheet(metrics["top_losses"], report_dir / CAM_SHEET, images=overlays)

@@ -3,7 +3,9 @@
 The report folder holds metrics.json (accuracy, per-class precision/recall/F1, confusion matrix,
 most-confused pairs, calibration with its ECE, the worst images, and the test-time-augmentation
 accuracy when ``tta=true``), per_class.csv, confusion_matrix.png, reliability_diagram.png and
-top_losses.png (:mod:`imgclf.inference.eval_report`). Images that cannot be decoded are left out and listed.
+top_losses.png (:mod:`imgclf.inference.eval_report`), and with ``explain=true`` top_losses_cam.png: the
+same images with the Grad-CAM heatmap of the class the model chose (:mod:`imgclf.inference.explain`).
+Images that cannot be decoded are left out and listed.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from omegaconf import DictConfig
 
 from imgclf.data.folders import SPLITS, ImageDataset, labelled_for_model, model_split
 from imgclf.data.hashing import sha256_file
+from imgclf.data.images import load_image
 from imgclf.data.transforms import TTA_VIEWS, TenCropViews
 from imgclf.errors import ImgclfError
 from imgclf.inference import card
 from imgclf.inference import eval_report as report
+from imgclf.inference.explain import explain, target_layer
 from imgclf.inference.metrics import classification_metrics, most_confused_pairs, top_loss_entries
+from imgclf.inference.predict import PredictorBase
 from imgclf.inference.runtimes import CKPT_NAME, load_predictor, model_paths
+from imgclf.models.checkpoint import load_model
+from imgclf.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +92,50 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             tta, max(1, int(cfg.batch_size) // TTA_VIEWS), cfg.num_workers, "test-time augmentation"
         )
         metrics["tta_accuracy"] = float((tta_probabilities.argmax(dim=1) == tta_targets).float().mean())
+    overlays = None
+    if cfg.explain:
+        overlays, metrics["explanations"] = explain_top_losses(predictor, cfg, metrics["top_losses"])
     report_dir = Path(cfg.report_dir)
     if cfg.get("curve"):
         metrics["learning_curve"] = curve_of(predictor, cfg, listing, report_dir)
-    report.write_report(metrics, report_dir)
+    report.write_report(metrics, report_dir, overlays)
     metrics["report_dir"] = str(report_dir)
     model_dir = model_paths(cfg.ckpt_path)[1]
     if (model_dir / CKPT_NAME).is_file():  # the card describes a model.ckpt; an ONNX file alone has none
         card.record_evaluation(model_dir, split, report_dir)
         card.write_card(model_dir, cfg.data.root)
     return metrics
+
+
+def cam_model(predictor: PredictorBase, ckpt_path: str) -> ImageClassifier:
+    """The PyTorch network behind the predictor: its own, or for an exported file the model.ckpt it
+    was exported from (ONNX Runtime gives no gradients; ``load_predictor`` only runs an exported
+    file that matches the model.ckpt beside it)."""
+    if predictor.runtime == "torch":
+        return predictor.model
+    ckpt = model_paths(ckpt_path)[1] / CKPT_NAME
+    if not ckpt.is_file():
+        raise ImgclfError(f"heatmaps need the PyTorch model and there is no {ckpt}")
+    return load_model(ckpt)[0]
+
+
+def explain_top_losses(
+    predictor: PredictorBase, cfg: DictConfig, entries: list[dict[str, Any]]
+) -> tuple[list[Any] | None, dict[str, Any]]:
+    """Overlays of the predicted class's heatmap on the top losses, and what metrics.json says of
+    them; a model that cannot be explained leaves the rest of the report as it is."""
+    try:
+        model = cam_model(predictor, cfg.ckpt_path)
+        layer, _ = target_layer(model)
+    except ImgclfError as exc:
+        log.warning("no heatmaps in the report: %s", exc)
+        return None, {"file": None, "skipped": str(exc)}
+    images = [load_image(entry["path"]) for entry in entries]
+    predicted = [predictor.classes.index(entry["predicted"]) for entry in entries]
+    explained = explain(model, predictor.transform, predictor.preprocessing, images, predicted)
+    return [picture for _, picture in explained], {
+        "file": report.CAM_SHEET,
+        "method": "grad-cam",
+        "layer": layer,
+        "class": "predicted",
+    }

@@ -13,6 +13,8 @@ every model file so that a model rebuilds from its file alone):
 - ``fine_tune_blocks``: the top blocks that staged fine-tuning unfreezes (the original tool's
   "layer 279 onwards" of Inception v3 is ``Mixed_7a`` to ``Mixed_7c``);
 - ``freeze_norm``: whether BatchNorm layers keep their ImageNet statistics in every stage;
+- ``cam_layer``: the module whose output Grad-CAM weighs (:mod:`imgclf.inference.explain`): the
+  last feature map before pooling, or a vision transformer's tokens entering its last block;
 - ``kwargs``: builder arguments; ``fixed_input_size``: the network is built for one input size
   (a vision transformer's position embeddings), pretrained ones are interpolated to it.
 

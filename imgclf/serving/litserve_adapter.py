@@ -20,6 +20,10 @@ LitServe 0.2.19 or uvicorn 0.55, so it is touched here, and only here:
   to count the workers it will start.
 - ``LitServer.app``: LitServe's FastAPI app, for the JSON error handlers and the ``/info`` and
   ``/metrics`` routes, which LitServe has no option for.
+- starlette's ``Request._form``: the form a request parsed, which ``Request.form()`` returns again
+  (to LitServe's route handler, after ``ClassifierAPI.authorize`` parsed it); :func:`add_form_field`
+  replaces it with one more field, as LitServe hands the inference worker the form alone, and
+  ``POST /classify?explain=true`` carries its choice in the query string.
 - uvicorn's ``HttpToolsProtocol``, subclassed by :class:`BoundedHttpProtocol` (given to uvicorn
   by its public ``http`` option): its parser callbacks ``on_url``, ``on_header``,
   ``on_headers_complete``, its ``connection_made``, ``connection_lost`` and
@@ -38,7 +42,8 @@ import multiprocessing as mp
 from typing import Any
 
 import litserve as ls
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.datastructures import FormData
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # The versions this module was checked against (pip's version specifiers).
@@ -51,6 +56,12 @@ def configure(server: ls.LitServer, graceful_timeout: float) -> None:
     """No LitServe monitoring thread, and ``graceful_timeout`` seconds for the HTTP processes to stop."""
     server.monitor_internal = NO_LITSERVE_MONITOR
     server.uvicorn_graceful_timeout = graceful_timeout
+
+
+def add_form_field(request: Request, form: FormData, name: str, value: str) -> None:
+    """The parsed ``form`` of ``request``, with ``name=value`` after its fields, for every later
+    ``await request.form()`` of the same request."""
+    request._form = FormData([*form.multi_items(), (name, value)])
 
 
 def device_count(server: ls.LitServer) -> int:
