@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import compose
 from PIL import Image
+from test_eval_report import eval_cfg
 
 from imgclf.inference.evaluate import evaluate
 from imgclf.inference.explain import crop_box, grad_cam, overlay, target_layer
@@ -167,24 +167,8 @@ def test_the_overlay_covers_what_the_model_saw_at_the_image_size():
     assert not changed[:, :55].any() and not changed[:, 145:].any() and not changed[:5].any()
 
 
-def eval_cfg(model, root, report_dir, *extra):
-    return compose(
-        "eval",
-        [
-            "split=test",
-            f"ckpt_path={model}",
-            f"data.root={root}",
-            "precision=fp32",
-            "num_workers=0",
-            f"report_dir={report_dir}",
-            "top_losses=5",
-            *extra,
-        ],
-    )
-
-
 def test_the_report_shows_the_top_losses_with_their_heatmaps(tiny_model, small_digits_root, tmp_path):
-    metrics = evaluate(eval_cfg(tiny_model, small_digits_root, tmp_path / "r"))
+    metrics = evaluate(eval_cfg(tiny_model, small_digits_root, tmp_path / "r", "top_losses=5"))
     assert metrics["explanations"] == {
         "file": "top_losses_cam.png",
         "method": "grad-cam",
@@ -198,7 +182,7 @@ def test_the_report_shows_the_top_losses_with_their_heatmaps(tiny_model, small_d
     with Image.open(tmp_path / "r" / "top_losses.png") as plain:
         assert plain.size == sheet.size  # the same grid, the same titles
 
-    quiet = evaluate(eval_cfg(tiny_model, small_digits_root, tmp_path / "q", "explain=false"))
+    quiet = evaluate(eval_cfg(tiny_model, small_digits_root, tmp_path / "q", "top_losses=5", "explain=false"))
     assert "explanations" not in quiet and not (tmp_path / "q" / "top_losses_cam.png").exists()
 
 
