@@ -21,7 +21,8 @@ from imgclf.data.folders import ImageDataset, SplitListing, labelled_for_model
 from imgclf.errors import ImgclfError
 from imgclf.inference.eval_report import save_figure
 from imgclf.inference.metrics import interval
-from imgclf.inference.predict import Predictor, backbone_forward, run_network
+from imgclf.inference.predict import PredictorBase, backbone_forward, run_network
+from imgclf.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,18 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
 def features(
-    predictor: Predictor, samples: list[tuple[Path, int]], batch_size: int, num_workers: int, what: str
+    network: ImageClassifier,
+    predictor: PredictorBase,
+    samples: list[tuple[Path, int]],
+    batch_size: int,
+    num_workers: int,
+    what: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    forward = backbone_forward(predictor.model.backbone, predictor.precision, predictor.device)
+    """The network's pooled backbone features of ``samples`` through the predictor's pixels, in the
+    predictor's precision (an ONNX predictor has no backbone of its own: ``network`` is the
+    model.ckpt behind it, run in fp32)."""
+    precision = predictor.precision if predictor.runtime == "torch" else "32-true"
+    forward = backbone_forward(network.backbone, precision, next(network.parameters()).device)
     dataset = ImageDataset(samples, predictor.transform, on_error="mark")
     outputs, targets, _ = run_network(forward, dataset, batch_size, num_workers, what)
     return outputs.float().numpy(), targets.numpy()
@@ -48,7 +58,8 @@ def nested_subsets(targets: np.ndarray, fractions: Sequence[float], seed: int) -
 
 
 def learning_curve(
-    predictor: Predictor,
+    network: ImageClassifier,
+    predictor: PredictorBase,
     train: SplitListing,
     evaluated: SplitListing,
     batch_size: int,
@@ -63,16 +74,10 @@ def learning_curve(
     from threadpoolctl import threadpool_limits
 
     classes = predictor.classes
-    train_x, train_y = features(
-        predictor,
-        labelled_for_model(train, classes, predictor.source),
-        batch_size,
-        num_workers,
-        "curve: train",
-    )
-    test_x, test_y = features(
-        predictor, labelled_for_model(evaluated, classes, predictor.source), batch_size, num_workers, "curve"
-    )
+    train_samples = labelled_for_model(train, classes, predictor.source)
+    evaluated_samples = labelled_for_model(evaluated, classes, predictor.source)
+    train_x, train_y = features(network, predictor, train_samples, batch_size, num_workers, "curve: train")
+    test_x, test_y = features(network, predictor, evaluated_samples, batch_size, num_workers, "curve")
     if len(np.unique(train_y)) < 2 or not len(test_y):
         raise ImgclfError("curve=true needs train images of at least two classes and images to evaluate")
     rows = []
@@ -125,8 +130,3 @@ def plot_learning_curve(curve: dict[str, Any], path: Path, title: str) -> Path:
     axes.set(xlabel="train images of the class", ylabel="recall", ylim=(0, 1.02), title=title)
     axes.legend(fontsize="small", loc="lower right")
     return save_figure(figure, path)
-
-
-def torch_predictor(predictor: Any, ckpt_path: str | Path) -> Predictor:
-    """The curve needs the network's backbone: the PyTorch model even when eval runs ONNX."""
-    return predictor if isinstance(predictor, Predictor) else Predictor.from_file(ckpt_path)

@@ -35,13 +35,13 @@ log = logging.getLogger(__name__)
 
 def curve_of(predictor: Any, cfg: DictConfig, evaluated: Any, report_dir: Path) -> dict[str, Any]:
     """``curve=true``: :func:`imgclf.inference.curve.learning_curve` on this split, plotted."""
-    from imgclf.inference.curve import learning_curve, plot_learning_curve, torch_predictor
+    from imgclf.inference.curve import learning_curve, plot_learning_curve
 
     if cfg.split == "train":
         raise ImgclfError("curve=true measures on images the fits did not see: use split=val or split=test")
-    network = torch_predictor(predictor, cfg.ckpt_path)
-    train = model_split(cfg.data.root, "train", network.record.get("val_split"))
-    curve = learning_curve(network, train, evaluated, int(cfg.batch_size), int(cfg.num_workers))
+    network = torch_network(predictor, cfg.ckpt_path, "the learning curve")
+    train = model_split(cfg.data.root, "train", predictor.record.get("val_split"))
+    curve = learning_curve(network, predictor, train, evaluated, int(cfg.batch_size), int(cfg.num_workers))
     report_dir.mkdir(parents=True, exist_ok=True)
     title = f"Recall on {cfg.split} against train images per class"
     curve["plot"] = str(plot_learning_curve(curve, report_dir / "learning_curve.png", title))
@@ -107,15 +107,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def cam_model(predictor: PredictorBase, ckpt_path: str) -> ImageClassifier:
+def torch_network(predictor: PredictorBase, ckpt_path: str, need: str = "heatmaps") -> ImageClassifier:
     """The PyTorch network behind the predictor: its own, or for an exported file the model.ckpt it
-    was exported from (ONNX Runtime gives no gradients; ``load_predictor`` only runs an exported
-    file that matches the model.ckpt beside it)."""
+    was exported from (ONNX Runtime gives no gradients or backbone features; ``load_predictor``
+    only runs an exported file that matches the model.ckpt beside it)."""
     if predictor.runtime == "torch":
         return predictor.model
     ckpt = model_paths(ckpt_path)[1] / CKPT_NAME
     if not ckpt.is_file():
-        raise ImgclfError(f"heatmaps need the PyTorch model and there is no {ckpt}")
+        raise ImgclfError(f"{need} need the PyTorch model and there is no {ckpt}")
     return load_model(ckpt)[0]
 
 
@@ -125,7 +125,7 @@ def explain_top_losses(
     """Overlays of the predicted class's heatmap on the top losses, and what metrics.json says of
     them; a model that cannot be explained leaves the rest of the report as it is."""
     try:
-        model = cam_model(predictor, cfg.ckpt_path)
+        model = torch_network(predictor, cfg.ckpt_path)
         layer, _ = target_layer(model)
     except ImgclfError as exc:
         log.warning("no heatmaps in the report: %s", exc)
