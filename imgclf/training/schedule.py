@@ -142,18 +142,20 @@ class FitRunner:
             use_distributed_sampler=not on_features,
         )
 
+    def fine_tuning(self, stage: FitStage, module: ClassifierModule) -> StagedFineTuning:
+        """What freezes a frozen stage's backbone (and unfreezes its top blocks when fine-tuning)."""
+        backbone = module.model.backbone_config
+        return StagedFineTuning(
+            blocks=backbone["fine_tune_blocks"],
+            unfreeze_at_epoch=0 if stage.unfreeze else None,
+            lr_factor=self.cfg.model.fine_tune_lr_factor,
+            freeze_norm=backbone.get("freeze_norm", True),
+        )
+
     def callbacks(self, stage: FitStage, module: ClassifierModule) -> list[Callback]:
         callbacks = build_all(self.cfg.get("callbacks"), "callback") + [RunIdentity(self.fingerprint)]
         if stage.frozen:
-            backbone = module.model.backbone_config
-            callbacks.append(
-                StagedFineTuning(
-                    blocks=backbone["fine_tune_blocks"],
-                    unfreeze_at_epoch=0 if stage.unfreeze else None,
-                    lr_factor=self.cfg.model.fine_tune_lr_factor,
-                    freeze_norm=backbone.get("freeze_norm", True),
-                )
-            )
+            callbacks.append(self.fine_tuning(stage, module))
         if module.ema_decay is not None:
             callbacks.append(EMAWeightAveraging(decay=float(module.ema_decay)))
         if module.mix is not None and stage.on_features:
@@ -171,9 +173,8 @@ class FitRunner:
 
         # The finder replaces the trainer's callbacks with its own: a frozen stage's backbone is
         # frozen here, as the stage's fine-tuning callback freezes it when the fit starts.
-        for callback in self.callbacks(stage, module):
-            if isinstance(callback, StagedFineTuning):
-                callback.freeze_before_training(module)
+        if stage.frozen:
+            self.fine_tuning(stage, module).freeze_before_training(module)
         trainer = self.trainer([], stage.on_features, logged=False, max_epochs=-1)
         module.train()
         log.info("Stage %s: finding the learning rate (%s)", stage.name, describe(stage, module))
