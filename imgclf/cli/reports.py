@@ -28,13 +28,12 @@ def train(metrics: dict, metric: str) -> None:
         print(f"backbone: {metrics['backbone']}, ImageNet weights: {metrics['weights']}")
         print(f"train accuracy: {metrics['train/acc']:.4f}")
     label = {"val/acc": "val accuracy"}.get(metric, metric)
-    bounds = metrics.get(f"{metric}_interval")
-    if bounds:  # the saved model's figure, with how sure it is
-        print(
-            f"{label}: {describe_interval(metrics[metric], bounds)[:-1]}; best epoch {metrics['best_epoch']})"
-        )
+    epoch = f"best epoch {metrics['best_epoch']}"
+    bounds = metrics.get(f"{metric}_interval")  # the saved model's figure, with how sure it is
+    if bounds:
+        print(f"{label}: {describe_interval(metrics[metric], bounds, epoch)}")
     else:
-        print(f"{label}: {metrics[metric]:.4f} (best epoch {metrics['best_epoch']})")
+        print(f"{label}: {metrics[metric]:.4f} ({epoch})")
 
 
 def evaluation(metrics: dict) -> None:

@@ -46,11 +46,11 @@ def interval(correct: int, total: int, confidence: float = CONFIDENCE) -> dict[s
     return {"low": low, "high": high, "confidence": confidence, "method": "wilson", "n": total}
 
 
-def describe_interval(value: float, bounds: dict[str, Any]) -> str:
-    """``0.9533 (95% interval 0.8957-0.9784, 107 images)``."""
+def describe_interval(value: float, bounds: dict[str, Any], note: str = "") -> str:
+    """``0.9533 (95% interval 0.8952-0.9799, 107 images)``, ``note`` after the images (``; ...``)."""
     return (
         f"{value:.4f} ({bounds['confidence']:.0%} interval {bounds['low']:.4f}-{bounds['high']:.4f}, "
-        f"{bounds['n']} images)"
+        f"{bounds['n']} images{'; ' + note if note else ''})"
     )
 
 
