@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from imgclf.errors import ImgclfError
 from imgclf.review.findings import check_reasons
@@ -137,6 +137,6 @@ def describe(exc: OmegaConfBaseException) -> str:
     """OmegaConf's validation error as the key, the value given and what was wanted."""
     key: Any = getattr(exc, "full_key", None)
     message = str(exc).splitlines()[0]
-    if "not in" in message and "Key" in message:
+    if isinstance(exc, ConfigKeyError):
         return f"{key}: no such setting of the pipeline"
     return f"{key}: {message}" if key else message
