@@ -30,7 +30,8 @@ from imgclf.pipeline.state import State, tree_digest
 from imgclf.review.quarantine import LOG_NAME, in_quarantine, quarantine_dir, undo
 from imgclf.review.scan import dataset_files
 from imgclf.scrape.manifest import append_row, read_manifest
-from imgclf.scrape.scraper import top_up, weakest_classes
+from imgclf.scrape.scraper import top_up
+from imgclf.scrape.weak_classes import weakest_classes
 from imgclf.scrape.store import DatasetStore, Origin
 
 CSV = "search_term,number_imgs,folder_name,train_val\ncats,2,cats,train\n"

@@ -132,7 +132,8 @@ def test_two_rounds_from_an_original_latin1_csv_without_val(web, chromium_path, 
     )
     root = tmp_path / "data" / "image_dataset"
     model_dir = tmp_path / "data" / "trained_model"
-    command = pipeline_command(web, chromium_path, csv, tmp_path, "loop.extra_images=2")
+    # sized by the learning curve (the default), between 2 and 2 images: what the fixture has
+    command = pipeline_command(web, chromium_path, csv, tmp_path, "loop.extra_images=2", "loop.max_images=2")
 
     first = run(command, tmp_path)
 
@@ -184,19 +185,26 @@ def test_two_rounds_from_an_original_latin1_csv_without_val(web, chromium_path, 
     second = run([*command, "rounds=2"], tmp_path)
 
     assert second.returncode == 0, second.stderr[-4000:]
+    # round 1's val evaluation runs again, now with its learning curve, which sizes the top-up
     assert stage_rows(second.stdout) == {
         "1.scrape": "skipped",
         "1.review": "skipped",
         "1.train": "skipped",
-        "1.eval": "skipped",
+        "1.eval": "ran",
         "2.top_up": "ran",
         "2.review": "ran",
         "2.train": "ran",
         "2.eval": "ran",
     }
     records = state(tmp_path)
-    for key in ("1.scrape", "1.review", "1.train", "1.eval"):
+    for key in ("1.scrape", "1.review", "1.train"):
         assert records[key] == round1[key]
+    assert records["1.eval"]["result"]["val"]["per_class"] == round1["1.eval"]["result"]["val"]["per_class"]
+    curve = json.loads((model_dir / "pipeline" / "round1" / "eval_val" / "metrics.json").read_text())
+    assert [row["fraction"] for row in curve["learning_curve"]["rows"]] == [0.25, 0.5, 0.75, 1.0]
+    sizing = records["2.top_up"]["result"]["classes"][weakest]["sizing"]
+    assert sizing["extra"] == 2 and sizing["recall"] is not None and sizing["why"]
+    assert table_row(second.stdout, "Top-up", weakest)[-1].startswith(f"recall {sizing['recall']:.2f}")
     # two new train images of the weakest class, found through its related search; nothing else
     # touched (the related search's first result is already in the dataset and was not taken)
     after = images(root)

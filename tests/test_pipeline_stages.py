@@ -171,6 +171,9 @@ def test_a_later_round_in_progress_keeps_round_one_done_unless_its_csv_changed(t
         ("model.pretrained=maybe", "model.pretrained: Value 'maybe' is not a valid bool"),
         ("review.fix=delete", "review.fix=delete: use quarantine, or null to only report"),
         ("train.overrides=3", "train.overrides must be a list of key=value strings"),
+        ("loop.sizing=more", "loop.sizing=more: use curve or fixed"),
+        ("loop.max_images=5", "loop.max_images=5: give at least loop.extra_images (20)"),
+        ("loop.target_recall=1.5", "loop.target_recall=1.5: give a recall in (0, 1], or null"),
     ],
 )
 def test_settings_are_typed_and_a_wrong_one_names_its_key(tmp_path, override, message):
@@ -185,3 +188,9 @@ def test_the_typed_settings_are_what_the_stages_read(tmp_path):
     assert run.cfg.paths.output_dir == str(tmp_path / "run"), "the run folder is resolved"
     assert run.context.overrides("eval") == ["num_workers=0"]
     assert EvalStage(1, run.context).prepare().configs["val"].num_workers == 0
+    # the next round's top-up is sized by the val evaluation's learning curve; rounds=1 needs none
+    assert EvalStage(1, run.context).prepare().configs["val"].curve is True
+    assert EvalStage(1, run.context).prepare().configs["test"].curve is False
+    assert EvalStage(1, pipeline(tmp_path, "rounds=1").context).prepare().configs["val"].curve is False
+    fixed = pipeline(tmp_path, "rounds=2", "loop.sizing=fixed")
+    assert EvalStage(1, fixed.context).prepare().configs["val"].curve is False

@@ -30,7 +30,8 @@ def scrape(cfg: DictConfig) -> None:
 
     from imgclf.scrape.report import print_summary, top_up_table
     from imgclf.scrape.scraper import scrape as scrape_dataset
-    from imgclf.scrape.scraper import top_up, weakest_classes
+    from imgclf.scrape.scraper import top_up
+    from imgclf.scrape.weak_classes import top_up_sizes, weakest_classes
 
     # httpx logs every request at INFO, which would bury the progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -48,7 +49,13 @@ def scrape(cfg: DictConfig) -> None:
                 f"topping up the {len(classes)} classes with the lowest "
                 f"{cfg.top_up.metric}: {', '.join(classes)}"
             )
-            summary = top_up(cfg, classes, cfg.top_up.extra_images, console)
+            ask = cfg.top_up
+            sizes = top_up_sizes(
+                ask["from"], classes, ask.sizing, ask.extra_images, ask.max_images, ask.target_recall
+            )
+            summary = top_up(cfg, classes, {name: size.extra for name, size in sizes.items()}, console)
+            for name, size in sizes.items():
+                summary["classes"][name]["sizing"] = size.as_dict()
             print_summary(console, summary)
             console.print(top_up_table(summary["classes"]))
         else:

@@ -1,9 +1,10 @@
 """``Pipeline(cfg).run()``: from a search-terms CSV to a model ready to serve, in one command.
 
 Round 1: scrape -> review -> tune (when ``tune.n_trials`` > 0) -> train -> eval. Each later round
-(``rounds``) tops up the ``loop.weakest`` classes with the lowest ``loop.metric`` on val by
-``loop.extra_images`` train images each (the engines' related searches and the CSV's phrasings),
-then reviews, trains and evaluates again.
+(``rounds``) tops up the ``loop.weakest`` classes with the lowest ``loop.metric`` on val, each by
+the images the round's learning curve says it needs (``loop.sizing=curve``, between
+``loop.extra_images`` and ``loop.max_images``; ``fixed``: ``loop.extra_images``), from the engines'
+related searches and the CSV's phrasings, then reviews, trains and evaluates again.
 
 Every stage is an object (:mod:`imgclf.pipeline.stages`) that runs its command's own library
 function (``scrape``/``top_up``, ``review``, ``train``, ``evaluate``) on a config composed from
@@ -40,7 +41,7 @@ from imgclf.pipeline.state import State, now
 from imgclf.process import Interrupted, StopSignals
 from imgclf.review.reviewer import recorded_val_files
 from imgclf.review.scan import dataset_files
-from imgclf.scrape.scraper import weakest
+from imgclf.scrape.weak_classes import weakest
 
 log = logging.getLogger(__name__)
 

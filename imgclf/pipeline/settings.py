@@ -13,6 +13,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from imgclf.errors import ImgclfError
 from imgclf.review.findings import check_reasons
+from imgclf.scrape.weak_classes import SIZINGS
 
 METRICS = ("recall", "f1")
 STAGE_SECTIONS = ("scrape", "review", "tune", "train", "eval")
@@ -46,11 +47,15 @@ class Model:
 
 @dataclass
 class Loop:
-    """Each later round tops up the ``weakest`` classes with the lowest ``metric`` on val."""
+    """Each later round tops up the ``weakest`` classes with the lowest ``metric`` on val, each by
+    what the round's learning curve says it needs (``sizing=curve``), or by ``extra_images``."""
 
     weakest: int = 1
     metric: str = "recall"
+    sizing: str = "curve"
     extra_images: int = 20
+    max_images: int = 100
+    target_recall: Optional[float] = None
 
 
 @dataclass
@@ -99,6 +104,17 @@ class PipelineSettings:
         ]:
             if value < minimum:
                 raise ImgclfError(f"{key}={value}: give a whole number of at least {minimum}")
+        if self.loop.max_images < self.loop.extra_images:
+            raise ImgclfError(
+                f"loop.max_images={self.loop.max_images}: give at least "
+                f"loop.extra_images ({self.loop.extra_images})"
+            )
+        if self.loop.sizing not in SIZINGS:
+            raise ImgclfError(f"loop.sizing={self.loop.sizing}: use curve or fixed")
+        if self.loop.target_recall is not None and not 0 < self.loop.target_recall <= 1:
+            raise ImgclfError(
+                f"loop.target_recall={self.loop.target_recall}: give a recall in (0, 1], or null"
+            )
         if self.loop.metric not in METRICS:
             raise ImgclfError(f"loop.metric={self.loop.metric}: use recall or f1")
         if self.review.fix not in (None, "quarantine"):

@@ -190,19 +190,24 @@ def engine_table(engines: dict[str, dict[str, Any]]) -> Table:
 
 
 def top_up_table(classes: dict[str, dict[str, Any]]) -> Table:
-    """Per class of a top-up: images before, added, now against wanted, and the searches used."""
+    """Per class of a top-up: images before, added, now against wanted, the searches used, and
+    why it wanted that many (its ``sizing``, when sized by a learning curve)."""
     table = Table(title="Top-up")
     table.add_column("class")
     for column in ("had", "added", "have/wanted"):
         table.add_column(column, justify="right")
     table.add_column("searched")
+    sized = any("sizing" in row for row in classes.values())
+    if sized:
+        table.add_column("why that many")
     for name, row in classes.items():
         have = f"{row['have']}/{row['wanted']}"
-        table.add_row(
+        cells = [
             name,
             str(row["had"]),
             str(row["added"]),
             f"[red]{have}[/]" if row["have"] < row["wanted"] else have,
             "; ".join(row["searches"]),
-        )
+        ]
+        table.add_row(*cells, *([row.get("sizing", {}).get("why", "")] if sized else []))
     return table

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -164,55 +163,14 @@ def _scrape(cfg, console, terms, engines, settings, distance) -> dict[str, Any]:
     return summarize(reports, str(store.root), str(store.manifest_path), job.engine_reports)
 
 
-def weakest(scores: Mapping[str, float], count: int) -> list[str]:
-    """The ``count`` classes with the lowest scores, ties by name: the ones a top-up serves first."""
-    return sorted(scores, key=lambda name: (scores[name], name))[:count]
-
-
-def weakest_classes(metrics_path: str | Path, count: int, metric: str = "recall") -> list[str]:
-    """The ``count`` classes with the lowest ``metric`` (recall or f1) in an evaluation's
-    metrics.json (``{"per_class": {class: {"precision", "recall", "f1", "support"}}}``)."""
-    path = Path(metrics_path)
-    if metric not in ("recall", "f1"):
-        raise ImgclfError(f"top_up.metric={metric}: use recall or f1")
-    if count <= 0:
-        raise ImgclfError(
-            f"top_up.weakest={count}: give how many of the weakest classes to top up, e.g. top_up.weakest=3"
-        )
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImgclfError(
-            f"{path} not found; evaluate the model first (python scripts/eval.py "
-            "split=val) or point top_up.from at its metrics.json"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ImgclfError(
-            f"{path} is not an evaluation's metrics.json ({exc}); point "
-            "top_up.from at the file scripts/eval.py wrote"
-        ) from None
-    per_class = metrics.get("per_class") if isinstance(metrics, dict) else None
-    scores = {}
-    for name, values in (per_class or {}).items():
-        score = values.get(metric) if isinstance(values, dict) else None
-        if isinstance(score, (int, float)) and not isinstance(score, bool):
-            # It names the folder the top-up writes to: a crafted file must not reach outside.
-            scores[check_class_name(name, str(path))] = float(score)
-    if not scores:
-        raise ImgclfError(
-            f"{path} has no per_class {metric}; point top_up.from at the "
-            "metrics.json that scripts/eval.py wrote"
-        )
-    return weakest(scores, count)
-
-
 def top_up(
     cfg: DictConfig | Mapping[str, Any],
     classes: list[str],
-    extra: int,
+    extra: int | Mapping[str, int],
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Add ``extra`` new train images to each of ``classes``; return what was added.
+    """Add ``extra`` new train images to each of ``classes`` (or ``extra[name]`` to each, as
+    :func:`imgclf.scrape.weak_classes.top_up_sizes` sizes them); return what was added.
 
     Each class is searched under its phrasings in the CSV (every row whose folder_name it is),
     then under the related searches the engines suggest for them (``top_up.max_related`` per
@@ -221,19 +179,20 @@ def top_up(
     ``have``, ``wanted``, ``searches``) beside the usual ``terms``, ``engines`` and ``totals``.
     """
     cfg = _plain(cfg)
-    if extra <= 0:
-        raise ImgclfError(f"top_up.extra_images={extra}: give how many images to add per class")
-    for name in classes:
+    extras = {name: extra if isinstance(extra, int) else extra[name] for name in classes}
+    for name, count in extras.items():
+        if count <= 0:
+            raise ImgclfError(f"top_up.extra_images={count}: give how many images to add per class")
         check_class_name(name, "the classes to top up")
     terms, engines, settings, distance = _prepare(cfg)
     with exclusive(Path(cfg["data"]["root"]), "the dataset"):
-        return _top_up(cfg, classes, extra, console, terms, engines, settings, distance)
+        return _top_up(cfg, extras, console, terms, engines, settings, distance)
 
 
-def _top_up(cfg, classes, extra, console, terms, engines, settings, distance) -> dict[str, Any]:
+def _top_up(cfg, extras, console, terms, engines, settings, distance) -> dict[str, Any]:
     store = DatasetStore(cfg["data"]["root"], distance)
     phrasings = {}
-    for name in dict.fromkeys(classes):
+    for name in extras:
         rows = [t for t in terms if t.folder_name == name]
         if not rows:
             log.warning("class %s has no row in the CSV; searching for %r", name, name.replace("_", " "))
@@ -241,7 +200,7 @@ def _top_up(cfg, classes, extra, console, terms, engines, settings, distance) ->
         store.remove_stale_temp_files("train", name)
     max_related = int((cfg.get("top_up") or {}).get("max_related", 5))
     job = _Job(cfg, console, store, engines, settings)
-    outcome = run_interruptible(lambda: job.top_up(phrasings, extra, max_related))
+    outcome = run_interruptible(lambda: job.top_up(phrasings, extras, max_related))
     reports, per_class = outcome
     summary = summarize(reports, str(store.root), str(store.manifest_path), job.engine_reports)
     summary["classes"] = per_class
@@ -332,14 +291,14 @@ class _Job:
         return report
 
     async def top_up(
-        self, phrasings: dict[str, list[str]], extra: int, max_related: int
+        self, phrasings: dict[str, list[str]], extras: Mapping[str, int], max_related: int
     ) -> tuple[list[TermReport], dict[str, dict[str, Any]]]:
         reports: list[TermReport] = []
         per_class: dict[str, dict[str, Any]] = {}
         async with self._session():
             for name, own in phrasings.items():
                 had = self.store.count("train", name)
-                wanted = had + extra
+                wanted = had + extras[name]
                 queue = list(own)
                 searched: list[str] = []
 
@@ -364,7 +323,10 @@ class _Job:
                 }
                 if have < wanted:
                     log.warning(
-                        "%s: added %d of %d images; the engines had no more new ones", name, have - had, extra
+                        "%s: added %d of %d images; the engines had no more new ones",
+                        name,
+                        have - had,
+                        extras[name],
                     )
         return reports, per_class
 

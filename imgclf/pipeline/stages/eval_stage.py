@@ -23,12 +23,15 @@ class EvalStage(PipelineStage):
         """Both splits' settings: test/ may only appear with the scrape, after this is prepared;
         :meth:`run` evaluates the splits the dataset has then (the dataset is watched)."""
         context = self.context
+        loop_sized = context.cfg.loop.sizing == "curve" and context.cfg.rounds > 1
         configs = {}
         for split in SPLITS:
             overrides = context.shared("eval") + [
                 f"split={split}",
                 override("report_dir", context.metrics_path(self.round, split).parent),
             ]
+            if split == "val" and loop_sized:  # the next round's top-up sizes itself by it
+                overrides.append("curve=true")
             configs[split] = self.compose("eval", overrides + context.overrides("eval"), self.run_dir / split)
 
         def watch() -> dict[str, Any]:

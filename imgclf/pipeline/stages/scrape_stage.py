@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ from imgclf.paths import inside
 from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
 from imgclf.scrape.manifest import MANIFEST_NAME
-from imgclf.scrape.scraper import scrape, top_up, weakest_classes
+from imgclf.scrape.scraper import scrape, top_up
 from imgclf.scrape.searchterms import read_searchterms, resolve_searchterms
+from imgclf.scrape.weak_classes import class_scores, read_metrics, top_up_sizes, weakest_classes
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,6 @@ def image_count(folder: Path, root: Path) -> int:
         and not (p.is_symlink() and not inside(p, root))
         and is_image_file(p)
     )
-
-
-def per_class_scores(metrics_path: str, metric: str) -> dict[str, float]:
-    per_class = json.loads(Path(metrics_path).read_text(encoding="utf-8"))["per_class"]
-    return {name: values[metric] for name, values in per_class.items()}
 
 
 class _Scraping(PipelineStage):
@@ -81,8 +76,10 @@ class ScrapeStage(_Scraping):
 
 
 class TopUpStage(_Scraping):
-    """``loop.extra_images`` more train images for each of the ``loop.weakest`` classes of the
-    round before (:func:`imgclf.scrape.scraper.top_up`)."""
+    """More train images for each of the ``loop.weakest`` classes of the round before
+    (:func:`imgclf.scrape.scraper.top_up`), as many as that round's learning curve on val says
+    each needs (``loop.sizing=curve``, :func:`imgclf.scrape.weak_classes.top_up_sizes`) or
+    ``loop.extra_images``."""
 
     name = "top_up"
 
@@ -91,14 +88,17 @@ class TopUpStage(_Scraping):
         loop = self.context.cfg.loop
         metrics = self.context.metrics_path(self.round - 1, "val")
         classes = weakest_classes(metrics, loop.weakest, loop.metric)
-        settings_ = [config_digest(cfg, ignore=("top_up",)), csv, loop.extra_images, classes]
-        return Prepared(
-            digest(settings_), dict, {"scrape": cfg}, extra={"classes": classes, "metrics": str(metrics)}
+        sizes = top_up_sizes(
+            metrics, classes, loop.sizing, loop.extra_images, loop.max_images, loop.target_recall
         )
+        extras = {name: size.extra for name, size in sizes.items()}
+        settings_ = [config_digest(cfg, ignore=("top_up",)), csv, extras]
+        extra = {"classes": classes, "metrics": str(metrics), "sizes": sizes}
+        return Prepared(digest(settings_), dict, {"scrape": cfg}, extra=extra)
 
     def run(self, prepared: Prepared, previous: Record | None, record: Record) -> Ran:
         context = self.context
-        classes = prepared.extra["classes"]
+        classes, sizes = prepared.extra["classes"], prepared.extra["sizes"]
         train = context.root / "train"
         resuming = (
             previous
@@ -115,16 +115,13 @@ class TopUpStage(_Scraping):
             log.info("%s: continuing the interrupted top-up towards %s", self.label, targets)
         else:
             had = {name: image_count(train / name, context.root) for name in classes}
-            targets = {name: had[name] + int(context.cfg.loop.extra_images) for name in classes}
+            targets = {name: had[name] + sizes[name].extra for name in classes}
         record.update(had=had, targets=targets)
         context.state.put(self.key, record)  # a rerun after a kill aims at the same numbers
         missing = {name: targets[name] - image_count(train / name, context.root) for name in classes}
-        by_need: dict[int, list[str]] = {}
-        for name, need in missing.items():
-            if need > 0:
-                by_need.setdefault(need, []).append(name)
+        missing = {name: need for name, need in missing.items() if need > 0}
         cfg = settings(prepared.configs["scrape"])
-        summaries = [top_up(cfg, names, need, context.console) for need, names in by_need.items()]
+        summaries = [top_up(cfg, list(missing), missing, context.console)] if missing else []
         per_class = {}
         for name in classes:
             searched = [
@@ -137,9 +134,10 @@ class TopUpStage(_Scraping):
                 "have": have,
                 "wanted": targets[name],
                 "searches": searched,
+                "sizing": sizes[name].as_dict(),
             }
         metric = context.cfg.loop.metric
-        scores = per_class_scores(prepared.extra["metrics"], metric)
+        scores = class_scores(read_metrics(prepared.extra["metrics"]), metric, prepared.extra["metrics"])
         result = {"classes": per_class, "metric": metric, "scores": scores}
         added = sum(row["added"] for row in per_class.values())
         weakest = ", ".join(f"{name} ({metric} {scores[name]:.2f})" for name in classes)
