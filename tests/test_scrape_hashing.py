@@ -10,6 +10,7 @@ import random
 import pytest
 from PIL import Image
 
+from imgclf.data.folders import list_split
 from imgclf.data.hashing import (
     NearDuplicateIndex,
     hamming,
@@ -102,10 +103,15 @@ def test_store_counts_disk_numbers_past_history_and_indexes_hand_added_images(tm
     assert [first.name, second.name] == ["cats_1.jpg", "cats_2.jpg"]
     second.unlink()  # the user weeds out an image after review
     picture(3).save(tmp_path / "train" / "cats" / "mine.png")  # and adds one of their own
+    # a photo saved without an extension (as in the original tool's own dataset) is an image, as
+    # training counts it; a text file is not, whatever its name
+    picture(6).save(tmp_path / "train" / "cats" / "saved_from_browser", format="JPEG")
     (tmp_path / "train" / "cats" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "cats" / "notes.jpg").write_text("not an image either")
 
     store = DatasetStore(tmp_path, near_duplicate_distance=6)
-    assert store.count("train", "cats") == 2  # cats_1.jpg and mine.png
+    assert store.count("train", "cats") == 3  # cats_1.jpg, mine.png and saved_from_browser
+    assert store.count("train", "cats") == len(list_split(tmp_path, "train").files["cats"])
     assert store.knows_url("u2")  # history: the deleted image's URL is not fetched again
     deleted_again = prepare(encode(picture(2), quality=80), settings)
     assert store.duplicate_of(deleted_again)[0] == "duplicate_near"

@@ -12,7 +12,6 @@ Nothing here imports Lightning (the review tool lists folders too).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from imgclf.data.images import ImageDecodeError, load_image
+from imgclf.data.images import ImageDecodeError, is_image, load_image
 from imgclf.errors import ImgclfError
 from imgclf.paths import inside
 
@@ -65,23 +64,6 @@ class SplitListing:
     def only(self, paths: set[Path], split: str) -> SplitListing:
         files = {name: [p for p in kept if p in paths] for name, kept in self.files.items()}
         return SplitListing(split, self.directory, {name: kept for name, kept in files.items() if kept})
-
-
-def is_image(path: Path) -> bool:
-    """Pillow recognises the file and its header holds together (pixels are decoded later)."""
-    stat = path.stat()
-    return _header_check(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=65536)
-def _header_check(path: str, size: int, mtime_ns: int) -> bool:
-    # Keyed by size and mtime: sweeps list the same unchanged files once per trial.
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # Pillow raises many types for bad files; all mean "not an image we can use"
-        return False
 
 
 def list_split(root: str | Path, split: str, verify: bool = True) -> SplitListing:

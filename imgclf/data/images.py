@@ -13,6 +13,7 @@ anyway can ask for ``min_side`` to have JPEGs decoded at a reduced scale and oth
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -136,11 +137,22 @@ def load_image(
         raise ImageDecodeError(f"{name}: damaged or truncated image ({exc})") from None
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
-    """Cheap check used when listing a dataset: does the name look like an image?"""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+def is_image(path: str | os.PathLike) -> bool:
+    """Pillow recognises the file and its header holds together (pixels are decoded later): what a
+    file is, by its content, never by its name (a photo saved without an extension is an image, a
+    text file named ``.jpg`` is not). Every listing of a dataset (training, the review, the
+    scraper's counts) decides by this."""
+    path = Path(path)
+    stat = path.stat()
+    return _header_check(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+@functools.lru_cache(maxsize=65536)
+def _header_check(path: str, size: int, mtime_ns: int) -> bool:
+    # Keyed by size and mtime: sweeps list the same unchanged files once per trial.
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # Pillow raises many types for bad files; all mean "not an image we can use"
+        return False

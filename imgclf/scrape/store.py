@@ -23,7 +23,7 @@ from imgclf.data.hashing import (
     perceptual_hash,
     sha256_file,
 )
-from imgclf.data.images import ImageDecodeError, is_image_file, load_image
+from imgclf.data.images import ImageDecodeError, is_image, load_image
 from imgclf.errors import ImgclfError
 from imgclf.io import create_new_bytes
 from imgclf.paths import inside
@@ -97,7 +97,7 @@ class DatasetStore:
                         continue
                     if not inside(path, self.root):
                         outside.append(path)
-                    elif is_image_file(path):
+                    elif is_image(path):
                         files.append(path)
         if outside:
             log.warning(
@@ -184,7 +184,7 @@ class DatasetStore:
         removed = 0
         if folder_dir.is_dir():
             for path in sorted(folder_dir.iterdir()):
-                if path.is_file() and is_image_file(path):
+                if path.is_file() and is_image(path):
                     path.unlink()
                     removed += 1
         prefix = f"{split}/{folder}/"

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgclf.composition import settings
-from imgclf.data.images import is_image_file
+from imgclf.data.images import is_image
 from imgclf.paths import inside
 from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
@@ -31,7 +31,7 @@ def image_count(folder: Path, root: Path) -> int:
         if p.is_file()
         and not p.name.startswith(".")
         and not (p.is_symlink() and not inside(p, root))
-        and is_image_file(p)
+        and is_image(p)
     )
 
 
