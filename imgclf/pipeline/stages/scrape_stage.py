@@ -17,6 +17,7 @@ from imgclf.pipeline.state import config_digest, digest, file_digest
 from imgclf.scrape.manifest import MANIFEST_NAME
 from imgclf.scrape.scraper import scrape, top_up, weakest_classes
 from imgclf.scrape.searchterms import read_searchterms, resolve_searchterms
+from imgclf.scrape.settings import ScrapeSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class ScrapeStage(_Scraping):
         )
 
     def run(self, prepared: Prepared, previous: Record | None, record: Record) -> Ran:
-        summary = scrape(settings(prepared.configs["scrape"]), self.context.console)
+        summary = scrape(settings(prepared.configs["scrape"], ScrapeSettings), self.context.console)
         totals = summary["totals"]
         result = {
             "downloaded": totals["downloaded"],
@@ -123,7 +124,7 @@ class TopUpStage(_Scraping):
         for name, need in missing.items():
             if need > 0:
                 by_need.setdefault(need, []).append(name)
-        cfg = settings(prepared.configs["scrape"])
+        cfg = settings(prepared.configs["scrape"], ScrapeSettings)
         summaries = [top_up(cfg, names, need, context.console) for need, names in by_need.items()]
         per_class = {}
         for name in classes:
