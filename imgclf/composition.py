@@ -1,7 +1,7 @@
 """Where Hydra meets the library: the configs are found (:func:`conf_dir`) and composed
 (:func:`compose`, :func:`with_best_hparams`), and a library function is handed :func:`settings`:
-resolved values, no Hydra state. Used by the commands (:mod:`imgclf.cli`) and by the pipeline,
-which composes each stage's command."""
+resolved values, no Hydra state, checked against the function's settings class. Used by the
+commands (:mod:`imgclf.cli`) and by the pipeline, which composes each stage's command."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgclf.errors import ImgclfError
 from imgclf.process import exit_with
+from imgclf.settings import Schema, typed
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +98,10 @@ def with_best_hparams(job: DictConfig, command_line: Sequence[str]) -> DictConfi
     return cfg
 
 
-def settings(job: DictConfig) -> DictConfig:
+def settings(job: DictConfig, schema: type[Schema] | None = None) -> Any:
     """What a library function is handed: ``job`` without Hydra's node and every value resolved,
     the run folder (``${hydra:runtime.output_dir}``) included, so that no library code reads
-    Hydra's state."""
+    Hydra's state; checked against the library's ``schema`` when given (:func:`imgclf.settings.typed`)."""
     from hydra.core.hydra_config import HydraConfig
 
     cfg = job.copy()
@@ -114,4 +116,4 @@ def settings(job: DictConfig) -> DictConfig:
         OmegaConf.resolve(cfg)
     finally:
         instance.cfg = saved
-    return cfg
+    return cfg if schema is None else typed(cfg, schema)

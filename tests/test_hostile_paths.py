@@ -31,8 +31,8 @@ from imgclf.review.quarantine import LOG_NAME, in_quarantine, quarantine_dir, un
 from imgclf.review.scan import dataset_files
 from imgclf.scrape.manifest import append_row, read_manifest
 from imgclf.scrape.scraper import top_up
-from imgclf.scrape.weak_classes import weakest_classes
 from imgclf.scrape.store import DatasetStore, Origin
+from imgclf.scrape.weak_classes import weakest_classes
 
 CSV = "search_term,number_imgs,folder_name,train_val\ncats,2,cats,train\n"
 

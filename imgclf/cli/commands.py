@@ -31,6 +31,7 @@ def scrape(cfg: DictConfig) -> None:
     from imgclf.scrape.report import print_summary, top_up_table
     from imgclf.scrape.scraper import scrape as scrape_dataset
     from imgclf.scrape.scraper import top_up
+    from imgclf.scrape.settings import ScrapeSettings
     from imgclf.scrape.weak_classes import top_up_sizes, weakest_classes
 
     # httpx logs every request at INFO, which would bury the progress bars.
@@ -38,6 +39,7 @@ def scrape(cfg: DictConfig) -> None:
     console = Console()
     # a Ctrl+C before any download starts (the CSV and the dataset are only read) undoes nothing
     with exits_cleanly():
+        cfg = settings(running(cfg), ScrapeSettings)
         if cfg.top_up["from"] is not None or cfg.top_up.weakest:
             if cfg.top_up["from"] is None:
                 raise ImgclfError(
@@ -65,8 +67,9 @@ def scrape(cfg: DictConfig) -> None:
 @command("review")
 def review(cfg: DictConfig) -> dict[str, Any]:
     from imgclf.review.reviewer import review as review_dataset
+    from imgclf.review.settings import ReviewSettings
 
-    result = run(review_dataset, cfg)
+    result = run(review_dataset, cfg, ReviewSettings)
     reports.review(result, cfg.data.root)
     return result
 
@@ -85,8 +88,9 @@ def train(cfg: DictConfig) -> float | None:
 @command("eval")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from imgclf.inference.evaluate import evaluate as evaluate_model
+    from imgclf.inference.settings import EvalSettings
 
-    metrics = run(evaluate_model, cfg)
+    metrics = run(evaluate_model, cfg, EvalSettings)
     reports.evaluation(metrics)
     return metrics
 
@@ -94,8 +98,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @command("export")
 def export(cfg: DictConfig) -> dict[str, Any]:
     from imgclf.inference.export import export as export_model
+    from imgclf.inference.settings import ExportSettings
 
-    result = run(export_model, cfg)
+    result = run(export_model, cfg, ExportSettings)
     reports.export(result)
     return result
 
@@ -104,8 +109,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def classify(cfg: DictConfig) -> dict[str, Any]:
     """One image: its ``{label: probability}`` as JSON; several: ``{path: {label: probability}}``."""
     from imgclf.inference.classify import classify as classify_images
+    from imgclf.inference.settings import ClassifySettings
 
-    results = run(classify_images, cfg)
+    results = run(classify_images, cfg, ClassifySettings)
     if len(results) == 1:
         print(json.dumps(next(iter(results.values()))))
     else:
@@ -127,8 +133,9 @@ def serve(cfg: DictConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="imgclf-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         from imgclf.serving.app import serve as serve_model
+        from imgclf.serving.settings import ServeSettings
 
-        status = run(serve_model, cfg)
+        status = run(serve_model, cfg, ServeSettings)
     if status:
         sys.exit(status)
 

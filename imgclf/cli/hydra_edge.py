@@ -3,7 +3,7 @@ settings (:mod:`imgclf.composition`), and a user error becomes one line on stder
 
 Every command (``imgclf train``, ``python scripts/train.py``, ...) is a function decorated with
 :func:`command`: Hydra composes ``conf/<name>.yaml`` with the command line once, and the library
-function receives the composed config.
+function receives the composed config checked against its settings class (:mod:`imgclf.settings`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from imgclf.composition import conf_dir, running, settings, with_best_hparams
 from imgclf.errors import user_error
 from imgclf.process import exit_with
+from imgclf.settings import Schema
 
 log = logging.getLogger("imgclf")
 
@@ -81,10 +82,16 @@ def quiet_lightning_tips() -> None:
         logger.addFilter(_NoAdverts())
 
 
-def run(task: Callable[[DictConfig], Any], cfg: DictConfig, *, best_hparams: bool = False) -> Any:
+def run(
+    task: Callable[[Any], Any],
+    cfg: DictConfig,
+    schema: type[Schema] | None = None,
+    *,
+    best_hparams: bool = False,
+) -> Any:
     """Run ``task`` on the :func:`settings` of the running app's ``cfg`` (with
-    ``best_hparams.yaml`` applied first when asked); an :class:`ImgclfError` exits with status 2
-    and its message.
+    ``best_hparams.yaml`` applied first when asked), checked against ``schema``, the settings class
+    of ``task``, when given; an :class:`ImgclfError` exits with status 2 and its message.
 
     In a multirun sweep the error propagates so that the sweeper records the failed trial.
     """
@@ -95,7 +102,7 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig, *, best_hparams: boo
         job = running(cfg)
         if best_hparams:
             job = with_best_hparams(job, list(HydraConfig.get().overrides.task))
-        return task(settings(job))
+        return task(settings(job, schema))
     except Exception as exc:
         error = user_error(exc)
         if error is None or in_multirun():

@@ -14,9 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from imgclf.data.folders import SPLITS, ImageDataset, labelled_for_model, model_split
+from imgclf.data.folders import ImageDataset, labelled_for_model, model_split
 from imgclf.data.hashing import sha256_file
 from imgclf.data.images import load_image
 from imgclf.data.transforms import TTA_VIEWS, TenCropViews
@@ -27,13 +25,15 @@ from imgclf.inference.explain import explain, target_layer
 from imgclf.inference.metrics import classification_metrics, most_confused_pairs, top_loss_entries
 from imgclf.inference.predict import PredictorBase
 from imgclf.inference.runtimes import CKPT_NAME, load_predictor, model_paths
+from imgclf.inference.settings import EvalSettings
 from imgclf.models.checkpoint import load_model
 from imgclf.models.classifier import ImageClassifier
+from imgclf.settings import typed
 
 log = logging.getLogger(__name__)
 
 
-def curve_of(predictor: Any, cfg: DictConfig, evaluated: Any, report_dir: Path) -> dict[str, Any]:
+def curve_of(predictor: Any, cfg: EvalSettings, evaluated: Any, report_dir: Path) -> dict[str, Any]:
     """``curve=true``: :func:`imgclf.inference.curve.learning_curve` on this split, plotted."""
     from imgclf.inference.curve import learning_curve, plot_learning_curve
 
@@ -41,17 +41,17 @@ def curve_of(predictor: Any, cfg: DictConfig, evaluated: Any, report_dir: Path) 
         raise ImgclfError("curve=true measures on images the fits did not see: use split=val or split=test")
     network = torch_network(predictor, cfg.ckpt_path, "the learning curve")
     train = model_split(cfg.data.root, "train", predictor.record.get("val_split"))
-    curve = learning_curve(network, predictor, train, evaluated, int(cfg.batch_size), int(cfg.num_workers))
+    curve = learning_curve(network, predictor, train, evaluated, cfg.batch_size, cfg.num_workers)
     report_dir.mkdir(parents=True, exist_ok=True)
     title = f"Recall on {cfg.split} against train images per class"
     curve["plot"] = str(plot_learning_curve(curve, report_dir / "learning_curve.png", title))
     return curve
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def evaluate(cfg: Any) -> dict[str, Any]:
+    """The report of ``cfg`` (conf/eval.yaml; checked against :class:`EvalSettings` unless it is one)."""
+    cfg = typed(cfg, EvalSettings)
     split = cfg.split
-    if split not in SPLITS:
-        raise ImgclfError(f"split={split!r}; use {', '.join(SPLITS)}")
     predictor = load_predictor(cfg.ckpt_path, cfg.runtime, precision=cfg.precision)
     listing = model_split(cfg.data.root, split, predictor.record.get("val_split"))
     samples = labelled_for_model(listing, predictor.classes, predictor.source)
@@ -89,14 +89,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.tta:
         tta = ImageDataset(samples, TenCropViews(predictor.preprocessing), on_error="mark")
         tta_probabilities, tta_targets, _ = predictor.predict_dataset(
-            tta, max(1, int(cfg.batch_size) // TTA_VIEWS), cfg.num_workers, "test-time augmentation"
+            tta, max(1, cfg.batch_size // TTA_VIEWS), cfg.num_workers, "test-time augmentation"
         )
         metrics["tta_accuracy"] = float((tta_probabilities.argmax(dim=1) == tta_targets).float().mean())
     overlays = None
     if cfg.explain:
         overlays, metrics["explanations"] = explain_top_losses(predictor, cfg, metrics["top_losses"])
     report_dir = Path(cfg.report_dir)
-    if cfg.get("curve"):
+    if cfg.curve:
         metrics["learning_curve"] = curve_of(predictor, cfg, listing, report_dir)
     report.write_report(metrics, report_dir, overlays)
     metrics["report_dir"] = str(report_dir)
@@ -120,7 +120,7 @@ def torch_network(predictor: PredictorBase, ckpt_path: str, need: str = "heatmap
 
 
 def explain_top_losses(
-    predictor: PredictorBase, cfg: DictConfig, entries: list[dict[str, Any]]
+    predictor: PredictorBase, cfg: EvalSettings, entries: list[dict[str, Any]]
 ) -> tuple[list[Any] | None, dict[str, Any]]:
     """Overlays of the predicted class's heatmap on the top losses, and what metrics.json says of
     them; a model that cannot be explained leaves the rest of the report as it is."""

@@ -21,12 +21,12 @@ import json
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from imgclf.data.folders import ImageDataset, labelled_for_model, model_split
@@ -48,8 +48,10 @@ from imgclf.inference.runtimes import (
     import_onnxruntime,
     model_paths,
 )
+from imgclf.inference.settings import ExportSettings
 from imgclf.io import atomic_write_bytes
 from imgclf.models.checkpoint import load_model
+from imgclf.settings import typed
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ log = logging.getLogger(__name__)
 OPSET = 20
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def require_exporter() -> None:
@@ -234,44 +235,35 @@ def quantize_int8(
         return onnx.load(int8_path)
 
 
-def export(cfg: DictConfig) -> dict[str, Any]:
-    """Write ``model.onnx`` (and with ``quantize=int8`` ``model.int8.onnx``) beside ``model.ckpt``.
+def export(cfg: Any) -> dict[str, Any]:
+    """Write ``model.onnx`` (and with ``quantize=int8`` ``model.int8.onnx``) beside ``model.ckpt``;
+    ``cfg`` (conf/export.yaml) is checked against :class:`ExportSettings` unless it is one.
 
     Returns what was written, each file's check, and for int8 whether it was kept and why.
     """
+    cfg = typed(cfg, ExportSettings)
     require_exporter()
-    if cfg.quantize not in (None, "int8"):
-        raise ImgclfError(f"quantize={cfg.quantize}; use quantize=int8, or leave it out for fp32 only")
-    if cfg.quantize == "int8" and cfg.quantization.calibrate_method not in CALIBRATION_METHODS:
-        raise ImgclfError(
-            f"quantization.calibrate_method={cfg.quantization.calibrate_method}; "
-            f"use one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    if not 0 < float(cfg.min_agreement) <= 1:
-        raise ImgclfError(f"min_agreement={cfg.min_agreement}: use a fraction such as 0.99")
     ckpt, folder = model_paths(cfg.ckpt_path)
     model, record = load_model(ckpt)
     source_sha256 = sha256_file(ckpt)
     reference = Predictor(model, record, source=ckpt, precision="fp32", channels_last=False)
-    batch_size, workers = int(cfg.batch_size), int(cfg.num_workers)
-    check_set = split_dataset(reference, cfg.data.root, "val", cfg.check_images, int(cfg.seed))
+    batch_size, workers = cfg.batch_size, cfg.num_workers
+    check_set = split_dataset(reference, cfg.data.root, "val", cfg.check_images, cfg.seed)
     expected, _, _ = reference.predict_dataset(check_set, batch_size, workers, "PyTorch fp32")
     if not len(expected):
         raise ImgclfError(f"none of the validation images under {cfg.data.root} could be decoded")
 
-    log.info("Exporting %s to ONNX (opset %d)", ckpt, int(cfg.opset))
-    proto = to_onnx(model, model.image_size, int(cfg.opset))
+    log.info("Exporting %s to ONNX (opset %d)", ckpt, cfg.opset)
+    proto = to_onnx(model, model.image_size, cfg.opset)
     unchecked = with_metadata(proto, record, source_sha256, "32-true", {})
     measured = compare(expected, OnnxPredictor(unchecked, source=ONNX_NAME), check_set, batch_size, workers)
-    check = check_result(measured, "val", float(cfg.min_agreement), float(cfg.max_probability_difference))
+    check = check_result(measured, "val", cfg.min_agreement, cfg.max_probability_difference)
     fp32_bytes = with_metadata(proto, record, source_sha256, "32-true", check)
     atomic_write_bytes(folder / ONNX_NAME, fp32_bytes)
     log.info("Wrote %s: %s", folder / ONNX_NAME, describe_check(check))
     if not check["verified"]:
         log.warning("%s did not pass its check: runtime=auto will not use it", ONNX_NAME)
-    result: dict[str, Any] = {
-        "onnx": {"path": str(folder / ONNX_NAME), "check": check, "opset": int(cfg.opset)}
-    }
+    result: dict[str, Any] = {"onnx": {"path": str(folder / ONNX_NAME), "check": check, "opset": cfg.opset}}
     if cfg.quantize == "int8":
         result["int8"] = export_int8(
             cfg, reference, record, source_sha256, fp32_bytes, check_set, expected, folder / INT8_NAME
@@ -281,7 +273,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 def export_int8(
-    cfg: DictConfig,
+    cfg: ExportSettings,
     reference: Predictor,
     record: dict[str, Any],
     source_sha256: str,
@@ -291,16 +283,16 @@ def export_int8(
     target: Path,
 ) -> dict[str, Any]:
     """Quantize, check, and keep ``target`` (model.int8.onnx) only at ``min_agreement`` or better."""
-    batch_size, workers = int(cfg.batch_size), int(cfg.num_workers)
-    settings = {key: cfg.quantization[key] for key in ("per_channel", "reduce_range", "calibrate_method")}
-    calibration = split_dataset(reference, cfg.data.root, "train", cfg.calibration_images, int(cfg.seed))
+    batch_size, workers = cfg.batch_size, cfg.num_workers
+    settings = asdict(cfg.quantization)
+    calibration = split_dataset(reference, cfg.data.root, "train", cfg.calibration_images, cfg.seed)
     log.info("Quantizing to int8, calibrated on %d training images", len(calibration))
     proto = quantize_int8(fp32_bytes, calibration, settings, batch_size, workers)
     quantization = {**settings, "format": "QDQ", "weights": "int8", "activations": "uint8"}
     quantization["calibration_images"] = len(calibration)
     unchecked = with_metadata(proto, record, source_sha256, "int8", {})
     measured = compare(expected, OnnxPredictor(unchecked, source=INT8_NAME), check_set, batch_size, workers)
-    check = {**check_result(measured, "val", float(cfg.min_agreement), None), "quantization": quantization}
+    check = {**check_result(measured, "val", cfg.min_agreement, None), "quantization": quantization}
     if check["verified"]:
         atomic_write_bytes(target, with_metadata(proto, record, source_sha256, "int8", check))
         log.info("Wrote %s: %s", target, describe_check(check))

@@ -6,34 +6,17 @@ before any stage, naming the key and what to give."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import ClassVar, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from imgclf.errors import ImgclfError
 from imgclf.review.findings import check_reasons
 from imgclf.scrape.weak_classes import SIZINGS
+from imgclf.settings import DatasetRoot, Paths, Schema, at_least, typed
 
 METRICS = ("recall", "f1")
 STAGE_SECTIONS = ("scrape", "review", "tune", "train", "eval")
-
-
-@dataclass
-class Paths:
-    """``conf/paths/default.yaml``: shared by every command (relative to where it runs)."""
-
-    data_dir: str = "data"
-    model_dir: str = "data/trained_model"
-    log_dir: str = "logs"
-    checkpoint_dir: str = "data/trained_model/checkpoints"
-    cache_dir: str = "data/feature_cache"
-    output_dir: str = "."  # the command's run folder
-
-
-@dataclass
-class Data:
-    root: str = "data/image_dataset"
 
 
 @dataclass
@@ -79,13 +62,16 @@ class Tune(Stage):
 
 
 @dataclass
-class PipelineSettings:
+class PipelineSettings(Schema):
+    CONFIG: ClassVar[str] = "conf/pipeline.yaml"
+    READ_ONLY: ClassVar[bool] = True
+
     searchterms: str = "data/searchterms.csv"
     seed: int = 42
     rounds: int = 1
     task_name: str = "pipeline"
     paths: Paths = field(default_factory=Paths)
-    data: Data = field(default_factory=Data)
+    data: DatasetRoot = field(default_factory=DatasetRoot)
     model: Model = field(default_factory=Model)
     loop: Loop = field(default_factory=Loop)
     scrape: Stage = field(default_factory=Stage)
@@ -96,14 +82,12 @@ class PipelineSettings:
 
     def __post_init__(self) -> None:
         """What no type says: the ranges and the choices."""
-        for key, value, minimum in [
+        at_least(
             ("rounds", self.rounds, 1),
             ("tune.n_trials", self.tune.n_trials, 0),
             ("loop.weakest", self.loop.weakest, 1),
             ("loop.extra_images", self.loop.extra_images, 1),
-        ]:
-            if value < minimum:
-                raise ImgclfError(f"{key}={value}: give a whole number of at least {minimum}")
+        )
         if self.loop.max_images < self.loop.extra_images:
             raise ImgclfError(
                 f"loop.max_images={self.loop.max_images}: give at least "
@@ -142,17 +126,4 @@ class PipelineSettings:
                     f"{name}.overrides must be a list of key=value strings, e.g. "
                     f"'{name}.overrides=[\"data.num_workers=0\"]'"
                 )
-        try:
-            typed = OmegaConf.merge(OmegaConf.structured(cls), plain)
-            return OmegaConf.to_object(typed)
-        except OmegaConfBaseException as exc:
-            raise ImgclfError(f"{describe(exc)}; see conf/pipeline.yaml") from None
-
-
-def describe(exc: OmegaConfBaseException) -> str:
-    """OmegaConf's validation error as the key, the value given and what was wanted."""
-    key: Any = getattr(exc, "full_key", None)
-    message = str(exc).splitlines()[0]
-    if isinstance(exc, ConfigKeyError):
-        return f"{key}: no such setting of the pipeline"
-    return f"{key}: {message}" if key else message
+        return typed(plain, cls)

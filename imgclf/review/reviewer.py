@@ -20,9 +20,9 @@ from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write_json, atomic_write_text
 from imgclf.review import quarantine as quarantining
 from imgclf.review.duplicates import duplicate_flags, duplicate_groups
-from imgclf.review.findings import Flag, check_reasons, class_counts, dataset_notes
+from imgclf.review.findings import Flag, class_counts, dataset_notes
 from imgclf.review.html import Thumbnails, render
-from imgclf.review.labels import FEATURES, suspect_labels
+from imgclf.review.labels import suspect_labels
 from imgclf.review.scan import (
     ScannedImage,
     attach_manifest,
@@ -30,6 +30,8 @@ from imgclf.review.scan import (
     dataset_files,
     scan_dataset,
 )
+from imgclf.review.settings import ReviewSettings
+from imgclf.settings import typed
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +52,9 @@ def file_flags(images: list[ScannedImage], min_side: int) -> list[Flag]:
     return flags
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """Fail before reading any image on settings that cannot work."""
-    if cfg.fix not in (None, "quarantine"):
-        raise ImgclfError(f"fix={cfg.fix!r}; use fix=quarantine, or leave it out to only report")
-    check_reasons(list(cfg.fix_reasons))
+def check_weights(cfg: DictConfig) -> None:
+    """Fail before reading any image when the label check needs ImageNet weights it cannot have."""
     labels = cfg.labels
-    if labels.enabled and labels.features not in FEATURES:
-        raise ImgclfError(f"labels.features={labels.features!r}; use one of {', '.join(FEATURES)}")
     if labels.enabled and labels.features != "pixels" and cfg.model.pretrained and not cfg.model.weights_path:
         from imgclf.models.backbones import fetch_weights
 
@@ -103,7 +100,7 @@ def recorded_val_files(ckpt_path: str | None, root: Path) -> list[str]:
 
 def find_problems(cfg: DictConfig, root: Path, clock: Stopwatch) -> dict[str, Any]:
     """Everything the review knows, before any file moves."""
-    val_files = recorded_val_files(cfg.get("ckpt_path"), root)
+    val_files = recorded_val_files(cfg.ckpt_path, root)
     layout, ignored = dataset_files(root, val_files)
     classes = check_classes(layout, root)
     pixel_side = cfg.labels.pixel_size if cfg.labels.enabled and cfg.labels.features != "backbone" else None
@@ -188,6 +185,8 @@ def write_report(cfg: DictConfig, root: Path, found: dict[str, Any], moved: list
 
 
 def review(cfg: DictConfig) -> dict[str, Any]:
+    """The review of ``cfg`` (conf/review.yaml; checked against :class:`ReviewSettings` unless it is so)."""
+    cfg = typed(cfg, ReviewSettings)
     root = Path(cfg.data.root)
     if cfg.undo:
         restored = quarantining.undo(root)
@@ -195,7 +194,7 @@ def review(cfg: DictConfig) -> dict[str, Any]:
             "restored": [e["path"] for e in restored],
             "quarantine": str(quarantining.quarantine_dir(root)),
         }
-    check_settings(cfg)
+    check_weights(cfg)
     clock = Stopwatch()
     found = find_problems(cfg, root, clock)
     moved = quarantine_flagged(root, found["flags"], list(cfg.fix_reasons)) if cfg.fix == "quarantine" else []

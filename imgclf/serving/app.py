@@ -68,6 +68,8 @@ from imgclf.process import end_children
 from imgclf.serving import litserve_adapter, middleware, prometheus
 from imgclf.serving.lifecycle import WORKER_DIED, ServingState, Supervisor
 from imgclf.serving.middleware import BATCH_SIZE_HEADER, USAGE, error_response
+from imgclf.serving.settings import ServeSettings
+from imgclf.settings import typed
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ CARD_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 # LitServe's own /info answers {"model": <fixed metadata>, "server": <its settings>}: neither the
 # fields /info has always had at its top level nor the live counts, so it keeps its own path.
 LITSERVE_INFO_PATH = "/info/litserve"
-HOSTS = ("0.0.0.0", "127.0.0.1", "::")
-ACCELERATORS = ("cpu", "cuda", "auto")
 NO_API_KEY = "invalid or missing X-API-Key header"
 
 
@@ -393,53 +393,25 @@ def cpu_threads(cfg: Any) -> int | None:
     """Split the cores between CPU workers; more threads than cores only adds contention."""
     if uses_cuda(cfg.accelerator) or cfg.workers_per_device <= 1:
         return None
-    return max(1, (os.cpu_count() or 1) // int(cfg.workers_per_device))
-
-
-def check_settings(cfg: Any) -> None:
-    if cfg.host not in HOSTS:
-        raise ImgclfError(f"host={cfg.host}: LitServe binds to one of {', '.join(HOSTS)}")
-    if cfg.accelerator not in ACCELERATORS:
-        raise ImgclfError(f"accelerator={cfg.accelerator}: use one of {', '.join(ACCELERATORS)}")
-    if cfg.accelerator == "cuda" and not torch.cuda.is_available():
-        raise ImgclfError("accelerator=cuda, but PyTorch sees no CUDA device; use accelerator=cpu")
-    whole = (
-        ("max_batch_size", 1),
-        ("workers_per_device", 1),
-        ("max_queue", 0),
-        ("max_uploads", 1),
-        ("limit_concurrency", 2),
-        ("max_header_kb", 1),
-    )
-    for key, low in whole:
-        if int(cfg[key]) < low:
-            raise ImgclfError(f"{key}={cfg[key]}: use a whole number of at least {low}")
-    for key in ("body_timeout_s", "header_timeout_s", "keep_alive_timeout_s"):
-        if float(cfg[key]) <= 0:
-            raise ImgclfError(f"{key}={cfg[key]}: use a positive number of seconds, e.g. 10")
-    if float(cfg.batch_timeout) < 0:
-        raise ImgclfError(f"batch_timeout={cfg.batch_timeout}: use a number of seconds, e.g. 0.05")
-    if float(cfg.shutdown_timeout) < 0:
-        raise ImgclfError(f"shutdown_timeout={cfg.shutdown_timeout}: use a number of seconds, e.g. 30")
-    if float(cfg.max_payload_mb) <= 0:
-        raise ImgclfError(f"max_payload_mb={cfg.max_payload_mb}: use a positive number")
-    if isinstance(cfg.cors_origins, str):
-        raise ImgclfError(f"cors_origins={cfg.cors_origins}: give a list, e.g. 'cors_origins=[\"*\"]'")
+    return max(1, (os.cpu_count() or 1) // cfg.workers_per_device)
 
 
 def build_server(cfg: Any) -> ls.LitServer:
-    """The configured :class:`litserve.LitServer`, not yet running (see conf/serve.yaml).
+    """The configured :class:`litserve.LitServer`, not yet running (see conf/serve.yaml); ``cfg`` is
+    checked against :class:`ServeSettings` unless it is one.
 
     Its :class:`~imgclf.serving.lifecycle.ServingState` is ``server.lit_api.state``.
     """
-    check_settings(cfg)
+    cfg = typed(cfg, ServeSettings)
+    if cfg.accelerator == "cuda" and not torch.cuda.is_available():
+        raise ImgclfError("accelerator=cuda, but PyTorch sees no CUDA device; use accelerator=cpu")
     device = "cuda" if uses_cuda(cfg.accelerator) else "cpu"
     # Once per start, in the main process: a bad path or a runtime that cannot run fails before
     # anything is started, and /info and the inference workers use this one answer.
     choice = choose_model(cfg.ckpt_path, cfg.runtime, cfg.precision, device)
     log.info("runtime %s: %s, %s (%s)", cfg.runtime, choice.runtime, choice.path, choice.reason)
     # max_in_flight is sized below, once LitServe knows its devices.
-    state = ServingState(workers=1, max_in_flight=1, max_uploads=int(cfg.max_uploads))
+    state = ServingState(workers=1, max_in_flight=1, max_uploads=cfg.max_uploads)
     api = ClassifierAPI(
         choice,
         state,
@@ -456,7 +428,7 @@ def build_server(cfg: Any) -> ls.LitServer:
         health_path=HEALTH_PATH,
         paths=("/", HEALTH_PATH, INFO_PATH, LITSERVE_INFO_PATH, CARD_PATH),
         page=page_html(),
-        body_timeout=float(cfg.body_timeout_s),
+        body_timeout=cfg.body_timeout_s,
         max_bytes=int(cfg.max_payload_mb * 1024 * 1024),
         cors_origins=list(cfg.cors_origins),
     )
@@ -473,9 +445,9 @@ def build_server(cfg: Any) -> ls.LitServer:
         middlewares=middlewares,
     )
     # How long uvicorn lets requests finish once stopped, Ctrl+C in a terminal stopping it directly.
-    litserve_adapter.configure(server, graceful_timeout=float(cfg.shutdown_timeout) + 5)
-    state.workers = litserve_adapter.device_count(server) * int(cfg.workers_per_device)
-    state.max_in_flight = int(cfg.max_queue) + state.workers * int(cfg.max_batch_size)
+    litserve_adapter.configure(server, graceful_timeout=cfg.shutdown_timeout + 5)
+    state.workers = litserve_adapter.device_count(server) * cfg.workers_per_device
+    state.max_in_flight = cfg.max_queue + state.workers * cfg.max_batch_size
     app = litserve_adapter.fastapi_app(server)
     install_error_handlers(app)
     add_routes(app, model_info(cfg, choice, api), api, model_paths(cfg.ckpt_path)[1])
@@ -500,10 +472,11 @@ def serve(cfg: Any) -> int:
 
     Whatever ends it, no child process outlives this function.
     """
+    cfg = typed(cfg, ServeSettings)
     server = build_server(cfg)
     check_port_free(cfg.host, cfg.port)
     state = server.lit_api.state
-    supervisor = Supervisor(state, shutdown_timeout=float(cfg.shutdown_timeout))
+    supervisor = Supervisor(state, shutdown_timeout=cfg.shutdown_timeout)
     supervisor.install()
     supervisor.watch(functools.partial(litserve_adapter.inference_workers, server), expected=state.workers)
     try:
@@ -517,10 +490,10 @@ def serve(cfg: Any) -> int:
             # uvicorn's options, passed through by LitServe: past limit_concurrency connections (per
             # HTTP process) a new request gets uvicorn's plain 503
             http=litserve_adapter.bounded_protocol(
-                header_timeout=float(cfg.header_timeout_s), max_header_bytes=int(cfg.max_header_kb) * 1024
+                header_timeout=cfg.header_timeout_s, max_header_bytes=cfg.max_header_kb * 1024
             ),
-            limit_concurrency=int(cfg.limit_concurrency),
-            timeout_keep_alive=float(cfg.keep_alive_timeout_s),
+            limit_concurrency=cfg.limit_concurrency,
+            timeout_keep_alive=cfg.keep_alive_timeout_s,
         )
     except KeyboardInterrupt:
         pass  # a stop before LitServe's run() reached the point where it catches it itself

@@ -7,6 +7,7 @@ from typing import Any
 from imgclf.composition import settings
 from imgclf.config import override
 from imgclf.inference.evaluate import evaluate
+from imgclf.inference.settings import EvalSettings
 from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
 
@@ -49,7 +50,7 @@ class EvalStage(PipelineStage):
     def run(self, prepared: Prepared, previous: Record | None, record: Record) -> Ran:
         result, details = {}, {}
         for split in self.splits():
-            metrics = evaluate(settings(prepared.configs[split]))
+            metrics = evaluate(settings(prepared.configs[split], EvalSettings))
             details[split] = metrics
             result[split] = {
                 "accuracy": metrics["accuracy"],

@@ -9,6 +9,7 @@ from imgclf.config import override
 from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest
 from imgclf.review.reviewer import review
+from imgclf.review.settings import ReviewSettings
 
 
 class ReviewStage(PipelineStage):
@@ -29,7 +30,7 @@ class ReviewStage(PipelineStage):
         return Prepared(config_digest(cfg), lambda: {"dataset": context.dataset()}, {"review": cfg})
 
     def run(self, prepared: Prepared, previous: Record | None, record: Record) -> Ran:
-        found = review(settings(prepared.configs["review"]))
+        found = review(settings(prepared.configs["review"], ReviewSettings))
         flags = Counter(flag.reason for flag in found["flags"])
         moved = Counter(reason for entry in found["quarantined"] for reason in entry["reasons"])
         result = {

@@ -16,6 +16,7 @@ from imgclf.pipeline.state import config_digest, digest, file_digest
 from imgclf.scrape.manifest import MANIFEST_NAME
 from imgclf.scrape.scraper import scrape, top_up
 from imgclf.scrape.searchterms import read_searchterms, resolve_searchterms
+from imgclf.scrape.settings import ScrapeSettings
 from imgclf.scrape.weak_classes import class_scores, read_metrics, top_up_sizes, weakest_classes
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ScrapeStage(_Scraping):
         )
 
     def run(self, prepared: Prepared, previous: Record | None, record: Record) -> Ran:
-        summary = scrape(settings(prepared.configs["scrape"]), self.context.console)
+        summary = scrape(settings(prepared.configs["scrape"], ScrapeSettings), self.context.console)
         totals = summary["totals"]
         result = {
             "downloaded": totals["downloaded"],
@@ -120,7 +121,7 @@ class TopUpStage(_Scraping):
         context.state.put(self.key, record)  # a rerun after a kill aims at the same numbers
         missing = {name: targets[name] - image_count(train / name, context.root) for name in classes}
         missing = {name: need for name, need in missing.items() if need > 0}
-        cfg = settings(prepared.configs["scrape"])
+        cfg = settings(prepared.configs["scrape"], ScrapeSettings)
         summaries = [top_up(cfg, list(missing), missing, context.console)] if missing else []
         per_class = {}
         for name in classes:
