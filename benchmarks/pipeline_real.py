@@ -36,7 +36,8 @@ from imgclf.scrape.weak_classes import top_up_sizes, weakest_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 HOCKEY = ROOT.parent / "shared" / "data" / "real-hockey"
-CARD_SECTIONS = ("search terms", "quarantine", "interval", "licence")
+# the card's sections, and the intervals in its figures
+CARD_SECTIONS = ("where the images came from", "what the review quarantined", "95% interval", "licence")
 
 
 def prepare(source: Path, work: Path) -> tuple[Path, dict[str, dict[str, int]]]:
@@ -106,7 +107,7 @@ def main() -> None:
     print(
         f"\npipeline on {args.data.name} ({sum(c.get('train', 0) for c in counts.values())} train / "
         f"{sum(c.get('val', 0) for c in counts.values())} val photos, {len(counts)} classes), "
-        f"{args.backbone}: {seconds:.0f} s"
+        f"{args.backbone}: this command {seconds:.0f} s; its stages, as the state file records them:"
     )
     for line in stage_lines(model_dir):
         print(f"  {line}")
