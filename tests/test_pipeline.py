@@ -176,6 +176,12 @@ def test_two_rounds_from_an_original_latin1_csv_without_val(web, chromium_path, 
     assert trained["backbone"] == record["architecture"]["backbone"]["name"]
     metrics = json.loads((model_dir / "pipeline" / "round1" / "eval_val" / "metrics.json").read_text())
     assert metrics["num_images"] == 2  # the held-out split, as eval.py reads it
+    # the model the pipeline leaves carries its card, its intervals and its heatmaps
+    card = (model_dir / "model_card.md").read_text()
+    interval = metrics["accuracy_interval"]
+    assert f"{metrics['accuracy']:.4f} (95% interval {interval['low']:.4f}-{interval['high']:.4f}" in card
+    assert "pétanque" in card and "## Where the images came from" in card
+    assert (model_dir / "pipeline" / "round1" / "eval_val" / "top_losses_cam.png").is_file()
     recall = {name: values["recall"] for name, values in metrics["per_class"].items()}
     weakest = min(recall, key=lambda name: (recall[name], name))
     other = ({"bowling", "pétanque"} - {weakest}).pop()
