@@ -18,6 +18,7 @@ import httpx
 import pytest
 from conftest import compose
 
+from imgclf.data.hashing import sha256_file
 from imgclf.inference.card import CARD_HTML, CARD_MD, INPUTS_NAME, build_card, record_training, write_card
 from imgclf.models.checkpoint import export_model, load_model
 from imgclf.review.quarantine import LOG_NAME, quarantine, quarantine_dir
@@ -246,12 +247,43 @@ def test_malformed_and_escaping_inputs_become_lines(tiny_model, small_digits_roo
     assert "Not evaluated yet" in card and "their rights belong to their owners" in card
 
 
+def test_the_card_warns_of_misleading_probabilities_and_shows_the_curve(
+    tiny_model, small_digits_root, tmp_path
+):
+    """An evaluation whose probabilities are far from its accuracy gets a warning; its learning
+    curve (eval.py curve=true) a line; rows that are not numbers are left out."""
+    model_dir = model_folder(tiny_model, tmp_path / "model")
+    record_training(model_dir, small_digits_root)
+    report = tmp_path / "report"
+    report.mkdir()
+    rows = [{"train_images": 9, "accuracy": 0.5}, {"train_images": "18", "accuracy": 0.9}, "x"]
+    rows.append({"train_images": 18, "accuracy": 0.75})
+    metrics = {"accuracy": 0.8, "calibration": {"ece": 0.397}, "learning_curve": {"rows": rows}}
+    metrics["model_sha256"] = sha256_file(model_dir / "model.ckpt")  # a report of this model
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    inputs = json.loads((model_dir / INPUTS_NAME).read_text())
+    inputs["reports"] = {"val": str(report)}
+    (model_dir / INPUTS_NAME).write_text(json.dumps(inputs))
+    card = build_card(model_dir)
+    assert "- Calibration error (ECE): 0.397: its probabilities are far from how often it is right" in card
+    assert (
+        "- Learning curve (a linear fit on the backbone's features): 0.500 with 9 train images, "
+        "0.750 with 18 train images" in card
+    )
+    metrics["calibration"]["ece"] = 0.03
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    assert "- Calibration error (ECE): 0.030\n" in build_card(model_dir)
+
+
 def test_eval_and_export_update_the_card(evaluated_and_exported):
     card = (evaluated_and_exported / CARD_MD).read_text(encoding="utf-8")
     assert "Not evaluated yet" not in card and "Not exported" not in card
     assert "### Test split" in card
     assert re.search(r"- Accuracy: [01]\.\d{4} \(95% interval [01]\.\d{4}-[01]\.\d{4}, 18 images\)", card)
     assert "- Run by torch on model.ckpt, precision" in card
+    test_report = json.loads((evaluated_and_exported / INPUTS_NAME).read_text())["reports"]["test"]
+    report = json.loads((Path(test_report) / "metrics.json").read_text())
+    assert f"- Calibration error (ECE): {report['calibration']['ece']:.3f}" in card
     rows = re.findall(
         r"^\| (0|1|7) \| ([01]\.\d{4}) \| ([01]\.\d{4}) \(([01]\.\d{4})-([01]\.\d{4})\) \|", card, re.M
     )

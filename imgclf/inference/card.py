@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 CARD_MD = "model_card.md"
 CARD_HTML = "model_card.html"
 INPUTS_NAME = "card_inputs.json"
+# Above this expected calibration error the card warns that the probabilities mislead.
+POORLY_CALIBRATED = 0.1
 METRICS_NAME = "metrics.json"
 # A metrics.json lists every left-out image and the worst ones: megabytes for a large split, not more.
 MAX_REPORT_BYTES = 64 * 1024 * 1024
@@ -513,6 +515,25 @@ def split_figures(split: str, metrics: Mapping[str, Any]) -> list[str]:
     left_out = metrics.get("left_out")
     if isinstance(left_out, list) and left_out:
         lines.append(f"- Left out: {len(left_out)} image(s) that could not be decoded")
+    ece = _number(_mapping(metrics.get("calibration")).get("ece"))
+    if ece is not None:
+        caveat = (
+            ": its probabilities are far from how often it is right, so do not threshold them as "
+            "they are (see the calibration note in the docs' training page)"
+            if ece > POORLY_CALIBRATED
+            else ""
+        )
+        lines.append(f"- Calibration error (ECE): {ece:.3f}{caveat}")
+    curve = _mapping(metrics.get("learning_curve")).get("rows")
+    points = [
+        (_count(row.get("train_images")), _number(row.get("accuracy")))
+        for row in (curve if isinstance(curve, list) else [])
+        if isinstance(row, Mapping)
+    ]
+    points = [(n, acc) for n, acc in points if n is not None and acc is not None]
+    if points:
+        steps = ", ".join(f"{acc:.3f} with {n} train images" for n, acc in points)
+        lines.append(f"- Learning curve (a linear fit on the backbone's features): {steps}")
     lines.append("")
     per_class = _mapping(metrics.get("per_class"))
     rows = []
