@@ -17,6 +17,7 @@ from imgclf.review.settings import ReviewSettings
 from imgclf.scrape.settings import ScrapeSettings
 from imgclf.serving.settings import ServeSettings
 from imgclf.settings import typed
+from imgclf.training.settings import TrainSettings
 
 # (config, its settings class, overrides it needs to compose)
 COMMANDS = {
@@ -26,6 +27,7 @@ COMMANDS = {
     "serve": (ServeSettings, []),
     "scrape": (ScrapeSettings, []),
     "review": (ReviewSettings, []),
+    "train": (TrainSettings, []),
 }
 
 # per command: (override, the message's start)
@@ -72,6 +74,21 @@ BAD = {
         ("fix_reasons=[blurry]", "fix_reasons has unknown reason(s) blurry"),
         ("labels.features=colour", "labels.features='colour'; use one of backbone, pixels, both"),
     ],
+    "train": [
+        ("data.batch_size=abc", "data.batch_size: Value 'abc' of type 'str' could not be converted"),
+        ("seed=one", "seed: Value 'one' of type 'str' could not be converted to Integer"),
+        ("lr_find=maybe", "lr_find: Value 'maybe' is not a valid bool"),
+        ("data.augment=[a]", "data.augment: Value '['a']' of type 'ListConfig' is incompatible"),
+        ("+data.batchsize=8", "data.batchsize: no such setting; see conf/train.yaml"),
+        ("+epochs=3", "epochs: no such setting; see conf/train.yaml"),
+        ("+features.view=2", "features.view: no such setting"),
+        ("data.batch_size=0", "data.batch_size=0: give a whole number of at least 1"),
+        ("data.num_workers=-1", "data.num_workers=-1: give a whole number of at least 0"),
+        ("features.views=0", "features.views=0: give a whole number of at least 1"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5: use a fraction between 0 and 1, e.g. 0.2"),
+        ("data.augment=autoaugment", "data.augment='autoaugment': use original, trivial, randaugment"),
+        ("data.augmentation.zoom=[1.2]", "data.augmentation.zoom=[1.2]: give [low, high]"),
+    ],
 }
 
 
@@ -100,6 +117,30 @@ def test_a_bad_setting_names_its_key(name, override, message, tmp_path):
     with pytest.raises(ImgclfError) as caught:
         check(name, override, tmp_path=tmp_path)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+experiment=digits"],
+        ["+experiment=digits_pretrained"],
+        ["+experiment=hockey"],
+        ["debug=fast"],
+        ["hparams_search=optuna"],
+        ["trainer=ddp", "callbacks=early_stopping", "logger=many"],
+    ],
+)
+def test_every_shipped_train_variant_composes_into_its_settings(overrides, tmp_path):
+    settings = check("train", *overrides, tmp_path=tmp_path)
+    assert OmegaConf.get_type(settings) is TrainSettings
+
+
+def test_train_settings_take_a_preset_or_a_bool_and_an_automatic_lr(tmp_path):
+    assert check("train", "data.augment=false", tmp_path=tmp_path).data.augment is False
+    assert check("train", "data.augment=trivial", tmp_path=tmp_path).data.augment == "trivial"
+    found = check("train", "model.optimizer.lr=auto", "data.val_fraction=null", tmp_path=tmp_path)
+    assert found.model.optimizer.lr == "auto" and found.data.val_fraction is None
+    assert found.data.backbone.name == found.model.backbone.name == "inception_v3"
 
 
 def test_settings_values_have_their_types(tmp_path):
@@ -157,6 +198,33 @@ def test_the_command_stops_with_the_key_on_stderr(command, override, key, tmp_pa
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {key}"), last
+
+
+def test_imgclf_train_stops_on_a_bad_setting_before_any_work(tmp_path):
+    import subprocess
+
+    model_dir = tmp_path / "model"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgclf",
+            "train",
+            "data.batch_size=0",
+            f"data.root={tmp_path / 'missing'}",
+            f"paths.model_dir={model_dir}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data.batch_size=0: give a whole number of at least 1"), last
+    assert not model_dir.exists()
 
 
 def run_serve(*overrides: str):

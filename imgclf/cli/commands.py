@@ -77,9 +77,10 @@ def review(cfg: DictConfig) -> dict[str, Any]:
 @command("train")
 def train(cfg: DictConfig) -> float | None:
     """Returns the optimised metric (``optimized_metric``, val/acc) for Hydra's sweepers."""
+    from imgclf.training.settings import TrainSettings
     from imgclf.training.train import train as train_model
 
-    metrics = run(train_model, cfg, best_hparams=True)
+    metrics = run(train_model, cfg, TrainSettings, best_hparams=True)
     if metrics:
         reports.train(metrics, cfg.optimized_metric)
     return metrics.get(cfg.optimized_metric) if metrics else None

@@ -139,13 +139,12 @@ def check_same_classes(reference: SplitListing, other: SplitListing, subset_ok: 
 
 
 def split_off_val(train: SplitListing, fraction: float, seed: int) -> list[str]:
-    """A stratified, seeded ``fraction`` of each class (at least one image, at least one left).
+    """A stratified, seeded ``fraction`` (in (0, 1), as :class:`~imgclf.training.settings.TrainSettings`
+    checks it) of each class (at least one image, at least one left).
 
     Returns the chosen files as paths relative to the split folder, sorted: what the model file
     records.
     """
-    if not 0 < fraction < 1:
-        raise ImgclfError(f"data.val_fraction={fraction}: use a fraction between 0 and 1, e.g. 0.2")
     rng = np.random.default_rng(seed)
     chosen: list[str] = []
     for name in train.classes:

@@ -30,9 +30,11 @@ from imgclf.inference.predict import Predictor
 from imgclf.io import atomic_write_json
 from imgclf.models.backbones import fetch_weights
 from imgclf.models.checkpoint import export_model
+from imgclf.settings import typed
 from imgclf.training.features import FeatureDataModule
 from imgclf.training.module import ClassifierModule
 from imgclf.training.schedule import FitResult, FitRunner, plan
+from imgclf.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,11 @@ def learning_rate(finder: Any, folder: Path) -> dict[str, Any]:
     return {"suggestion": suggestion, "plot": str(plot)}
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: Any) -> dict[str, Any]:
     """Fit the classifier described by ``cfg`` (conf/train.yaml as composed by the entry point,
-    which applied best_hparams.yaml); returns the best epoch's metrics."""
+    which applied best_hparams.yaml; checked against :class:`TrainSettings` unless it is one);
+    returns the best epoch's metrics."""
+    cfg = typed(cfg, TrainSettings)
     check_weights_early(cfg.model)
     pl.seed_everything(cfg.seed, workers=True)
 

@@ -13,6 +13,7 @@ from imgclf.errors import ImgclfError
 from imgclf.pipeline.stages.stage import PipelineStage, Prepared, Ran, Record
 from imgclf.pipeline.state import config_digest, digest, file_digest
 from imgclf.process import stop_process_group
+from imgclf.training.settings import TrainSettings
 from imgclf.training.train import train
 from imgclf.tuning.best_hparams import read_best_hparams
 
@@ -113,7 +114,7 @@ class TrainStage(_Training):
             overrides.append("resume=false")
             cfg = cfg.copy()
             cfg.resume = False  # a plain key: nothing interpolates it
-        metrics = train(settings(with_best_hparams(cfg, overrides)))
+        metrics = train(settings(with_best_hparams(cfg, overrides), TrainSettings))
         if "model" not in metrics:
             raise ImgclfError(
                 "training saved no model; leave save_model and trainer.fast_dev_run as they are"
