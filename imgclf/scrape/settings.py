@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
+from imgclf.scrape.downloader import DownloadSettings
 from imgclf.settings import DatasetRoot, Paths, Schema
 
 
@@ -40,21 +41,11 @@ class BrowserOptions:
     user_agent: Optional[str] = None
 
 
-@dataclass
-class DownloadOptions:
-    concurrency: int = 16
-    connect_timeout_s: float = 10
-    timeout_s: float = 20
-    deadline_s: float = 60
-    max_bytes: int = 20_000_000
-    max_pixels: int = 64_000_000
-    min_size: int = 32
-    max_redirects: int = 5
-    jpeg_quality: int = 95
+@dataclass(frozen=True)
+class DownloadOptions(DownloadSettings):
+    """The downloader's own settings, and the store's near-duplicate distance."""
+
     near_duplicate_distance: int = 6
-    verify: Any = True  # true, false or a CA bundle's path: OmegaConf has no bool-or-str type
-    allow_private_hosts: bool = False
-    user_agent: str = "Mozilla/5.0"
 
 
 @dataclass
