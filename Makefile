@@ -23,7 +23,7 @@ demo: install
 
 test: install system-deps
 	$(PY) -m imgclf.hardware  # the CPU's features and the precision `auto` picks
-	$(PY) -m pytest --durations=20  # the slowest tests, to keep CI under 20 minutes
+	$(PY) -m pytest -n auto --dist loadfile --durations=20  # a process per core, each file's tests in one (module fixtures built once); the slowest tests, to keep CI under 20 minutes
 
 lint: install
 	$(PY) -m ruff check .
