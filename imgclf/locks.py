@@ -1,4 +1,5 @@
-"""One run at a time per dataset (scrape, quarantine) and per pipeline (its state file).
+"""One run at a time per dataset (scrape, quarantine) and per pipeline (its state file); one
+update at a time of a small shared file (:func:`updating`).
 
 The lock is an OS lock (``flock``, through :mod:`filelock`) on ``.NAME.lock`` beside what it
 guards (``data/.image_dataset.lock``), so the dataset itself holds only images and its manifest.
@@ -77,4 +78,24 @@ def exclusive(subject: str | os.PathLike, what: str) -> Iterator[None]:
         # Gone before the lock is, so that the next holder's details are the only ones there.
         with contextlib.suppress(OSError):
             holder_path.unlink()
+        lock.release()
+
+
+@contextlib.contextmanager
+def updating(subject: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
+    """Hold ``subject``'s lock for a read-modify-write of it, waiting for another process's (which
+    holds it for milliseconds) rather than failing: two evaluations finishing at once both keep
+    their entry. :class:`ImgclfError` after ``timeout`` seconds."""
+    path = lock_paths(Path(subject))[0]
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ImgclfError(
+            f"{subject} stayed locked for {timeout:g} s by another process; if none is running, "
+            f"delete {path} and run again"
+        ) from None
+    try:
+        yield
+    finally:
         lock.release()

@@ -12,6 +12,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -294,6 +297,49 @@ def test_eval_and_export_update_the_card(evaluated_and_exported):
         r"- model\.onnx: top-1 agreement 100\.00% with PyTorch fp32 on 18 val images, .*: verified\.", card
     )
     assert "<h3>Test split</h3>" in (evaluated_and_exported / CARD_HTML).read_text(encoding="utf-8")
+
+
+RECORDER = """
+import json, sys, time
+from pathlib import Path
+from imgclf.inference.card import INPUTS_NAME, record_evaluation
+model_dir, split, start = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+(model_dir / f"ready-{split}").touch()
+while not start.exists():
+    time.sleep(0.001)
+lost = 0
+for i in range(300):
+    record_evaluation(model_dir, split, model_dir / f"{split}-{i}")
+    # The other process may write since, but only ever a document read after this entry was in.
+    reports = json.loads((model_dir / INPUTS_NAME).read_text())["reports"]
+    lost += reports.get(split) != str((model_dir / f"{split}-{i}").resolve())
+print(lost)
+"""
+
+
+def test_evaluations_finishing_together_both_keep_their_entry(tmp_path):
+    """Two processes recording evaluations of two splits at once: each read-modify-write holds the
+    file's lock, so neither writes back a document read before the other's last entry."""
+    record_training(tmp_path, tmp_path)
+    start = tmp_path / "go"
+    recorders = [
+        subprocess.Popen(
+            [sys.executable, "-c", RECORDER, str(tmp_path), split, str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for split in ("val", "test")
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{split}").exists() for split in ("val", "test")):
+        assert time.monotonic() < deadline and all(r.poll() is None for r in recorders)
+        time.sleep(0.01)
+    start.touch()  # both imported: the two loops run at the same time
+    outputs = [recorder.communicate(timeout=300)[0] for recorder in recorders]
+    assert [recorder.returncode for recorder in recorders] == [0, 0]
+    assert [int(output) for output in outputs] == [0, 0], "entries another process wrote over"
+    reports = json.loads((tmp_path / INPUTS_NAME).read_text())["reports"]
+    assert reports == {split: str((tmp_path / f"{split}-299").resolve()) for split in ("val", "test")}
 
 
 def test_a_retrained_model_does_not_inherit_the_figures(evaluated_and_exported, tmp_path):

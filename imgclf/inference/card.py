@@ -51,6 +51,7 @@ from imgclf.inference.runtimes import (
     read_onnx,
 )
 from imgclf.io import atomic_write_bytes, atomic_write_json
+from imgclf.locks import updating
 from imgclf.models.checkpoint import read_model
 from imgclf.paths import inside, plain_relative
 from imgclf.review.findings import REASONS
@@ -194,16 +195,19 @@ def read_inputs(model_dir: Path) -> tuple[dict[str, Any], str | None]:
 def record_training(model_dir: str | os.PathLike, data_root: str | os.PathLike) -> None:
     """A new model: its dataset, and no evaluation yet (the older ones were of another model)."""
     document = {"data_root": str(Path(data_root).resolve()), "reports": {}}
-    atomic_write_json(Path(model_dir) / INPUTS_NAME, document)
+    path = Path(model_dir) / INPUTS_NAME
+    with updating(path):
+        atomic_write_json(path, document)
 
 
 def record_evaluation(model_dir: str | os.PathLike, split: str, report_dir: str | os.PathLike) -> None:
-    """Where the report of ``split`` is, for the card. Two evals finishing at the same moment may
-    keep one entry of the two; the next eval of that split records it again."""
+    """Where the report of ``split`` is, for the card; evals of two splits finishing at the same
+    moment both keep theirs (the update holds the file's lock)."""
     model_dir = Path(model_dir)
-    document, _ = read_inputs(model_dir)
-    document["reports"][split] = str(Path(report_dir).resolve())
-    atomic_write_json(model_dir / INPUTS_NAME, document)
+    with updating(model_dir / INPUTS_NAME):
+        document, _ = read_inputs(model_dir)
+        document["reports"][split] = str(Path(report_dir).resolve())
+        atomic_write_json(model_dir / INPUTS_NAME, document)
 
 
 # -- the sections -------------------------------------------------------------------------------
