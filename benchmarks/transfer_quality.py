@@ -23,7 +23,10 @@ the weights, the learning-rate finder, and MixUp / CutMix (which blend images, s
 the head on images: ``features.cache=false``).
 
 Validation accuracy is the saved model's, counted as ``eval.py`` counts it, with its 95 % Wilson
-interval: a gain smaller than the interval is not a gain. Wall times include
+interval: a gain smaller than the interval is not a gain. ``--recipe`` adds how far the saved
+model's probabilities can be trusted: its expected calibration error (15 bins, as ``eval.py``
+reports it) with a 95 % bootstrap interval over the validation images, and its mean negative
+log-likelihood. Wall times include
 each command's start, and the feature store pass when that row is the first to need it (said in
 the table). Goal: imgclf's defaults reach at least the probe, aiming at >= 0.98.
 """
@@ -65,6 +68,8 @@ RECIPE = {
     "label_smoothing=0.1": ["model.label_smoothing=0.1"],
     "ema_decay=0.99": ["model.ema_decay=0.99"],
     "lr=auto (finder)": ["model.optimizer.lr=auto"],
+    "lr=1e-3": ["model.optimizer.lr=1e-3"],
+    "best epoch by val loss": ["checkpoint.monitor=val/loss", "checkpoint.mode=min"],
     "mixup=0.2, on images": ["model.mixup=0.2", "features.cache=false"],
     "cutmix=1.0, on images": ["model.cutmix=1.0", "features.cache=false"],
     "head on images (mixup's baseline)": ["features.cache=false"],
@@ -107,6 +112,32 @@ def probe(root: Path, backbone_name: str) -> tuple[float, int, int, float]:
     return right / total, right, total, time.perf_counter() - started
 
 
+def calibration(model_path: Path, root: Path, resamples: int = 1000) -> tuple[float, float, float, float]:
+    """The saved model on ``root``'s val images: (ECE, its 95 % bootstrap interval, mean NLL)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from imgclf.data.folders import ImageDataset, labelled_for_model, model_split
+    from imgclf.inference.runtimes import load_predictor
+
+    predictor = load_predictor(model_path, "torch", precision="32-true")
+    listing = model_split(root, "val", predictor.record.get("val_split"))
+    dataset = ImageDataset(
+        labelled_for_model(listing, predictor.classes, str(model_path)), predictor.transform
+    )
+    probabilities, targets, _ = predictor.predict_dataset(dataset, 32, 2, "calibration")
+    k = len(predictor.classes)
+
+    def ece(rows: torch.Tensor) -> float:
+        return float(multiclass_calibration_error(probabilities[rows], targets[rows], k, n_bins=15))
+
+    generator = torch.Generator().manual_seed(0)
+    n = len(targets)
+    spread = sorted(ece(torch.randint(n, (n,), generator=generator)) for _ in range(resamples))
+    low, high = spread[int(0.025 * resamples)], spread[int(0.975 * resamples) - 1]
+    picked = probabilities[torch.arange(n), targets].clamp_min(1e-12)
+    return ece(torch.arange(n)), low, high, float(-picked.log().mean())
+
+
 def train(args: list[str]) -> tuple[str, float]:
     started = time.perf_counter()
     result = subprocess.run(
@@ -141,16 +172,22 @@ def main() -> None:
         print(
             f"data: {root}; backbone: {args.backbone}; extra overrides: {' '.join(args.overrides) or '-'}\n"
         )
-        print("| run | val acc | 95 % interval | right / total | wall s | note |")
-        print("| --- | ---: | ---: | ---: | ---: | --- |")
+        if args.recipe:
+            calibration_columns = "ECE (95 % interval) | NLL"
+            print(
+                f"| run | val acc | 95 % interval | right / total | {calibration_columns} | wall s | note |"
+            )
+            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        else:
+            print("| run | val acc | 95 % interval | right / total | wall s | note |")
+            print("| --- | ---: | ---: | ---: | ---: | --- |")
         if "probe" in wanted:
             accuracy, right, total, seconds = probe(root, args.backbone)
             low, high = wilson_interval(right, total)
-            row = (
-                f"| linear probe (scikit-learn) | {accuracy:.4f} | {low:.3f}-{high:.3f} | {right} / {total} "
-                f"| {seconds:.0f} |"
-            )
-            print(f"{row} features of the plain view, LogisticRegression(C=1) |", flush=True)
+            cells = ["linear probe (scikit-learn)", f"{accuracy:.4f}", f"{low:.3f}-{high:.3f}"]
+            cells += [f"{right} / {total}", *(["-", "-"] if args.recipe else []), f"{seconds:.0f}"]
+            cells.append("features of the plain view, LogisticRegression(C=1)")
+            print(f"| {' | '.join(cells)} |", flush=True)
         stores_seen: set[str] = set()
         for name, extra in runs.items():
             if name not in wanted:
@@ -180,6 +217,9 @@ def main() -> None:
                 f"{seconds:.0f}",
                 note,
             ]
+            if args.recipe:
+                ece, ece_low, ece_high, nll = calibration(model_dir / "model.ckpt", root)
+                cells[4:4] = [f"{ece:.3f} ({ece_low:.3f}-{ece_high:.3f})", f"{nll:.3f}"]
             print(f"| {' | '.join(cells)} |", flush=True)
 
 
