@@ -18,7 +18,7 @@ import re
 import shlex
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -57,28 +57,42 @@ def describe_holder(subject: Path) -> str:
 
 
 @contextlib.contextmanager
+def _held(path: Path, timeout: float, busy: Callable[[], str]) -> Iterator[None]:
+    """``path``'s OS lock while the block runs, waiting up to ``timeout`` seconds for it;
+    :class:`ImgclfError` with ``busy()`` when another process keeps it longer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ImgclfError(busy()) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
 def exclusive(subject: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold ``subject``'s lock while the block runs; :class:`ImgclfError` at once when another run
     holds it. ``what`` names the subject in the message (``the dataset``)."""
     subject = Path(subject)
     path, holder_path = lock_paths(subject)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ImgclfError(
+
+    def busy() -> str:  # who holds it, read only when someone does
+        return (
             f"{what} {subject} is in use by another run ({describe_holder(subject)}); wait for it to "
             f"finish or stop it, then run again (the lock, {path}, goes when that process ends)"
-        ) from None
-    try:
-        atomic_write_json(holder_path, holder())
-        yield
-    finally:
-        # Gone before the lock is, so that the next holder's details are the only ones there.
-        with contextlib.suppress(OSError):
-            holder_path.unlink()
-        lock.release()
+        )
+
+    with _held(path, 0, busy):
+        try:
+            atomic_write_json(holder_path, holder())
+            yield
+        finally:
+            # Gone before the lock is, so that the next holder's details are the only ones there.
+            with contextlib.suppress(OSError):
+                holder_path.unlink()
 
 
 @contextlib.contextmanager
@@ -87,15 +101,12 @@ def updating(subject: str | os.PathLike, timeout: float = 60.0) -> Iterator[None
     holds it for milliseconds) rather than failing: two evaluations finishing at once both keep
     their entry. :class:`ImgclfError` after ``timeout`` seconds."""
     path = lock_paths(Path(subject))[0]
-    lock = FileLock(path, timeout=timeout)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ImgclfError(
-            f"{subject} stayed locked for {timeout:g} s by another process; if none is running, "
-            f"delete {path} and run again"
-        ) from None
-    try:
+
+    def busy() -> str:
+        return (
+            f"another process has held the lock on {subject} for {timeout:g} s; stop it if it hangs "
+            f"and run again (the lock, {path}, goes when that process ends)"
+        )
+
+    with _held(path, timeout, busy):
         yield
-    finally:
-        lock.release()

@@ -204,10 +204,11 @@ def record_evaluation(model_dir: str | os.PathLike, split: str, report_dir: str 
     """Where the report of ``split`` is, for the card; evals of two splits finishing at the same
     moment both keep theirs (the update holds the file's lock)."""
     model_dir = Path(model_dir)
-    with updating(model_dir / INPUTS_NAME):
+    path = model_dir / INPUTS_NAME
+    with updating(path):
         document, _ = read_inputs(model_dir)
         document["reports"][split] = str(Path(report_dir).resolve())
-        atomic_write_json(model_dir / INPUTS_NAME, document)
+        atomic_write_json(path, document)
 
 
 # -- the sections -------------------------------------------------------------------------------
