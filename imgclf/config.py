@@ -85,11 +85,11 @@ def check_targets(conf: Any, allowed: Mapping[str, type] | None = None, where: s
     """Refuse any ``_target_`` in ``conf``, however deeply nested, that is not in ``allowed``.
 
     Interpolations are resolved first, as ``instantiate`` resolves them, so a ``${...}`` cannot
-    hide a target. ``allowed`` is :func:`train_targets` unless given.
+    hide a target. ``allowed`` is :func:`train_targets` unless given; ``where`` is ``conf``'s key
+    path in the composed config (``"model"``), which the error names.
     """
     allowed = train_targets() if allowed is None else allowed
     if isinstance(conf, (DictConfig, ListConfig)):
-        where = where or conf._get_full_key(None)
         conf = OmegaConf.to_container(conf, resolve=True)
     prefix = f"{where}." if where else ""
     if isinstance(conf, Mapping):
@@ -120,13 +120,14 @@ def build(conf: Any, allowed: Mapping[str, type] | None = None, where: str = "",
         raise error from None
 
 
-def build_all(group: DictConfig | None, kind: str) -> list[Any]:
-    """Every ``_target_`` entry of a config group (callbacks, loggers), in order."""
+def build_all(group: DictConfig | None, kind: str, where: str) -> list[Any]:
+    """Every ``_target_`` entry of the config group at key path ``where`` (``"callbacks"``,
+    ``"logger"``), in order."""
     objects = []
-    for conf in (group or {}).values():
+    for name, conf in (group or {}).items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
             log.info("Instantiating %s <%s>", kind, conf._target_)
-            objects.append(build(conf))
+            objects.append(build(conf, where=f"{where}.{name}"))
     return objects
 
 

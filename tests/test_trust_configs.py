@@ -60,9 +60,9 @@ def test_a_config_cannot_name_code(tmp_path, target, where):
     cfg = compose("train", overrides, output_dir=tmp_path)
     with pytest.raises(ImgclfError) as refused:
         if where == "model.optimizer":
-            build(cfg.model, num_classes=3)
+            build(cfg.model, where="model", num_classes=3)
         else:
-            build_all(cfg.callbacks, "callback")
+            build_all(cfg.callbacks, "callback", "callbacks")
     message = str(refused.value)
     assert message.startswith(f"{where}._target_: '{target}' is not a class a config may build")
     assert "allowed: " in message and "torch.optim: " in message and "\n" not in message
@@ -78,7 +78,7 @@ def test_an_interpolation_cannot_hide_a_target(tmp_path):
     ]
     cfg = compose("train", overrides, output_dir=tmp_path)
     with pytest.raises(ImgclfError, match=r"callbacks\.x\._target_: 'subprocess.getoutput'"):
-        build_all(cfg.callbacks, "callback")
+        build_all(cfg.callbacks, "callback", "callbacks")
     assert not marker.exists()
 
 
@@ -89,10 +89,10 @@ def test_an_allowed_name_must_still_resolve_to_its_class(tmp_path, monkeypatch):
     monkeypatch.setattr(pytorch_lightning.callbacks, "EarlyStopping", impostor)
     with pytest.raises(
         ImgclfError,
-        match="early_stopping._target_: 'pytorch_lightning.callbacks.EarlyStopping' "
+        match="callbacks.early_stopping._target_: 'pytorch_lightning.callbacks.EarlyStopping' "
         "resolves to .*, not the allowed class",
     ):
-        build_all(cfg.callbacks, "callback")
+        build_all(cfg.callbacks, "callback", "callbacks")
 
 
 def test_the_sampler_comes_from_its_own_allow_list():

@@ -137,6 +137,7 @@ class FitRunner:
         # The feature store's sampler splits batches between DDP ranks itself.
         return build(
             trainer_cfg,
+            where="trainer",
             callbacks=callbacks,
             logger=(self.loggers or False) if logged else False,
             use_distributed_sampler=not on_features,
@@ -153,7 +154,9 @@ class FitRunner:
         )
 
     def callbacks(self, stage: FitStage, module: ClassifierModule) -> list[Callback]:
-        callbacks = build_all(self.cfg.get("callbacks"), "callback") + [RunIdentity(self.fingerprint)]
+        callbacks = build_all(self.cfg.get("callbacks"), "callback", "callbacks") + [
+            RunIdentity(self.fingerprint)
+        ]
         if stage.frozen:
             callbacks.append(self.fine_tuning(stage, module))
         if module.ema_decay is not None:
@@ -193,7 +196,9 @@ class FitRunner:
     ) -> FitResult | None:
         """Run the stage; ``None`` when it was only a ``fast_dev_run`` (nothing saved)."""
         directory = self.directory / stage.name
-        checkpointing: ModelCheckpoint = build(self.cfg.checkpoint, dirpath=str(directory))
+        checkpointing: ModelCheckpoint = build(
+            self.cfg.checkpoint, where="checkpoint", dirpath=str(directory)
+        )
         trainer = self.trainer(self.callbacks(stage, module) + [checkpointing], stage.on_features)
         self.is_global_zero = trainer.is_global_zero
         resume_from = self.resume_point(directory)

@@ -48,7 +48,7 @@ def check_weights_early(model_cfg: DictConfig) -> None:
 
 def load_data(cfg: DictConfig) -> ImageFolderDataModule:
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule: ImageFolderDataModule = build(cfg.data)
+    datamodule: ImageFolderDataModule = build(cfg.data, where="data")
     classes = datamodule.scan()
     if len(classes) < 2:
         raise ImgclfError(
@@ -139,10 +139,10 @@ def train(cfg: Any) -> dict[str, Any]:
         )
     log.info("Instantiating model <%s>", cfg.model._target_)
     module: ClassifierModule = build(
-        cfg.model, num_classes=len(datamodule.classes), class_counts=datamodule.class_counts()
+        cfg.model, where="model", num_classes=len(datamodule.classes), class_counts=datamodule.class_counts()
     )
     log.info("Backbone %s, ImageNet weights: %s", *weights_used(module).values())
-    runner = FitRunner(cfg, build_all(cfg.get("logger"), "logger"), datamodule.files())
+    runner = FitRunner(cfg, build_all(cfg.get("logger"), "logger", "logger"), datamodule.files())
     results: list[FitResult] = []
     lr_found: dict[str, Any] | None = None
     epochs_before = 0
